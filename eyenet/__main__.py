@@ -1,0 +1,3 @@
+from eyenet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""EyeNet configuration: one validated model, loaded from YAML with ``EYENET_*`` overrides.
+
+Precedence, lowest first: built-in defaults, the YAML file (``--config FILE`` or
+``EYENET_CONFIG``), then environment variables. A nested field is addressed with a double
+underscore: ``EYENET_ALERTS__LATENCY_AVG_MS=150``. Lists take JSON or comma-separated
+text (``EYENET_METRICS=bytes_in,latency``), mappings take JSON.
+
+Unknown keys are errors rather than ignored: a typo such as ``windw_s`` would otherwise
+silently leave the default in force. Every failure is a :class:`ConfigError` naming the
+field, the value, where it came from and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from eyenet.errors import ConfigError
+
+DEFAULT_METRICS = ["bytes_in", "bytes_out", "packets_in", "packets_out", "latency"]
+DEFAULT_COUNTER_METRICS = ["bytes_in", "bytes_out", "packets_in", "packets_out"]
+# Built-in plausibility bounds for the default metrics (rates for counters): 1 Tbit/s in
+# bytes, 1 Tbit/s of 64-byte frames in packets, one hour of latency in ms. They apply only
+# to metrics that are configured; ``metric_max`` overrides them.
+DEFAULT_METRIC_MAX = {"bytes_in": 1.25e11, "bytes_out": 1.25e11, "packets_in": 2e9,
+                      "packets_out": 2e9, "latency": 3.6e6}
+ENV_PREFIX = "EYENET_"
+# Environment variables with the prefix that are not config fields.
+RESERVED_ENV = {"EYENET_CONFIG", "EYENET_API_KEY", "EYENET_TEST_MONGO_URI"}
+METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Names the telemetry schema and the stores use for their own columns.
+RESERVED_METRIC_NAMES = {"device_id", "timestamp", "label", "ts_ms", "_id"}
+STORE_SCHEMES = ("sqlite:///", "mongodb://", "mongodb+srv://")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class AlertConfig(_Section):
+    """Alert rules (the seed's thresholds are the defaults)."""
+
+    latency_avg_ms: float = Field(100.0, gt=0, description="alert when mean prediction latency exceeds this")
+    drift_threshold: float = Field(0.3, gt=0, description="alert when a metric's drift score exceeds this")
+    cooldown_s: float = Field(300.0, ge=0, description="minimum time between repeats of one alert")
+    webhook_url: str | None = Field(None, description="Alertmanager-compatible webhook, if any")
+
+
+class ServeConfig(_Section):
+    """Ray Serve options for the detector deployment."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    max_batch_size: int = Field(64, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+
+    @model_validator(mode="after")
+    def _replicas_ordered(self) -> ServeConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        return self
+
+
+class EyeNetConfig(_Section):
+    """The whole configuration. Field docs say the unit; defaults follow the seed."""
+
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS), min_length=1)
+    counter_metrics: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_COUNTER_METRICS),
+        description="metrics reported as monotonic counters; stored as per-second rates")
+    counter_bits: Literal[32, 64] = Field(
+        64, description="counter width when a source does not say (SNMP Counter32 wraps at 2**32)")
+    max_counter_rate_per_s: float = Field(
+        1.25e11, gt=0, description="counter rates above this are absurd unless metric_max says")
+    metric_max: dict[str, float] = Field(
+        default_factory=dict,
+        description="per-metric upper bound (for counters: on the per-second rate); "
+                    "larger values are absurd. Merged over DEFAULT_METRIC_MAX")
+    sample_interval_s: float = Field(1.0, gt=0, description="expected time between samples")
+    window_s: float = Field(300.0, gt=0, description="feature window length")
+    max_gap_s: float | None = Field(
+        None, gt=0, description="longer silences are gaps; default 3 x sample_interval_s")
+    max_lateness_s: float = Field(300.0, ge=0, description="older out-of-order samples are rejected")
+    max_future_s: float = Field(60.0, ge=0, description="samples further in the future are rejected")
+    store_uri: str = "sqlite:///eyenet-data/eyenet.db"
+    artifact_root: str = "eyenet-data/artifacts"
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @field_validator("metrics", "counter_metrics")
+    @classmethod
+    def _metric_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not METRIC_NAME_RE.match(name):
+                raise ValueError(f"metric name {name!r} must match {METRIC_NAME_RE.pattern}")
+        reserved = sorted(set(names) & RESERVED_METRIC_NAMES)
+        if reserved:
+            raise ValueError(f"metric names {reserved} are reserved for the schema's own columns")
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"metric names must be unique, repeated: {dup}")
+        return names
+
+    @field_validator("store_uri")
+    @classmethod
+    def _store_scheme(cls, uri: str) -> str:
+        if not uri.startswith(STORE_SCHEMES):
+            raise ValueError(f"store_uri must start with one of {', '.join(STORE_SCHEMES)}")
+        return uri
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> EyeNetConfig:
+        unknown = [m for m in self.counter_metrics if m not in self.metrics]
+        if unknown:
+            raise ValueError(f"counter_metrics {unknown} are not in metrics {self.metrics}")
+        unknown = [m for m in self.metric_max if m not in self.metrics]
+        if unknown:
+            raise ValueError(f"metric_max names {unknown}, which are not in metrics {self.metrics}")
+        bad = {m: v for m, v in self.metric_max.items() if not v > 0}
+        if bad:
+            raise ValueError(f"metric_max values must be > 0, got {bad}")
+        if self.window_s < self.sample_interval_s:
+            raise ValueError(
+                f"window_s ({self.window_s}) must be >= sample_interval_s ({self.sample_interval_s})")
+        return self
+
+    def metric_limit(self, metric: str) -> float:
+        """Largest plausible value of ``metric`` (a rate for counters)."""
+        if metric in self.metric_max:
+            return self.metric_max[metric]
+        if metric in DEFAULT_METRIC_MAX:
+            return DEFAULT_METRIC_MAX[metric]
+        return self.max_counter_rate_per_s if metric in self.counter_metrics else float("inf")
+
+    @property
+    def gap_s(self) -> float:
+        """Silence longer than this is a gap (explicit ``max_gap_s`` or 3 sample intervals)."""
+        return self.max_gap_s if self.max_gap_s is not None else 3.0 * self.sample_interval_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], sources: dict[str, str] | None = None) -> EyeNetConfig:
+        """Validate ``data``; ``sources`` maps dotted field paths to where a value came from."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _config_error(exc, data, sources or {}) from exc
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: dict[str, str] | None = None) -> EyeNetConfig:
+    """Load defaults < YAML file < environment. ``env`` defaults to ``os.environ``."""
+    env = dict(os.environ if env is None else env)
+    path = path if path is not None else env.get("EYENET_CONFIG")
+    data: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if path:
+        data = _read_yaml(Path(path))
+        for dotted in _leaf_paths(data):
+            sources[dotted] = str(path)
+    for key, raw in sorted(env.items()):
+        if not key.startswith(ENV_PREFIX) or key in RESERVED_ENV:
+            continue
+        parts = key[len(ENV_PREFIX):].lower().split("__")
+        _check_env_path(key, parts)
+        target = data
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{key}: {'.'.join(parts[:-1])} is not a section", key, raw)
+        target[parts[-1]] = _parse_env_value(key, parts, raw)
+        sources[".".join(parts)] = key
+    return EyeNetConfig.from_dict(data, sources)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}", None, str(path)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}", None, str(path)) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, "
+                          f"got {type(data).__name__}", None, str(path), "a YAML mapping")
+    return data
+
+
+def _leaf_paths(data: dict[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and key not in ("metric_max",):
+            paths.extend(_leaf_paths(value, dotted + "."))
+        paths.append(dotted)
+    return paths
+
+
+def _check_env_path(key: str, parts: list[str]) -> None:
+    model: type[BaseModel] = EyeNetConfig
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            expected = ", ".join(ENV_PREFIX + "__".join([*parts[:i], f]).upper() for f in fields)
+            raise ConfigError(f"{key} is not a config setting; expected one of: {expected}",
+                              key, None, expected)
+        annotation = fields[part].annotation
+        if i < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                raise ConfigError(f"{key}: {'.'.join(parts[:i + 1])} has no sub-fields", key)
+            model = annotation
+
+
+def _parse_env_value(key: str, parts: list[str], raw: str) -> Any:
+    field = parts[-1]
+    text = raw.strip()
+    if field in ("metrics", "counter_metrics"):
+        if text.startswith("["):
+            return _json(key, text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if field == "metric_max":
+        return _json(key, text)
+    if text.lower() in ("", "none", "null") and field in ("max_gap_s", "webhook_url"):
+        return None
+    return text
+
+
+def _json(key: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{key} is not valid JSON: {exc.msg} at column {exc.colno}", key, text,
+                          "JSON") from exc
+
+
+def _config_error(exc: ValidationError, data: dict[str, Any], sources: dict[str, str]) -> ConfigError:
+    lines = []
+    first = exc.errors()[0]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown setting (value {value!r}{_source(loc, sources)})")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "value_error":
+            if isinstance(value, dict):  # a cross-field rule: the message names the fields
+                lines.append(msg if loc == "(top level)" else f"{loc}: {msg}")
+            else:
+                lines.append(f"{loc} = {value!r}{_source(loc, sources)}: {msg}")
+        else:
+            expected = msg.removeprefix("Input should be ").removeprefix("Input ")
+            lines.append(f"{loc} = {value!r}{_source(loc, sources)}: expected {expected}")
+    field = ".".join(str(p) for p in first["loc"]) or None
+    return ConfigError("invalid config: " + "; ".join(lines), field, first.get("input"),
+                       first["msg"])
+
+
+def _source(loc: str, sources: dict[str, str]) -> str:
+    for dotted in (loc, loc.rsplit(".", 1)[0]):
+        if dotted in sources:
+            return f", from {sources[dotted]}"
+    return ""

@@ -1,0 +1,1 @@
+"""Ray job entry points (``python -m jobs.NAME`` under ``ray job submit``)."""

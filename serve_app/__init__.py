@@ -1,0 +1,1 @@
+"""Ray Serve deployments: the FastAPI ingress, the batched detector, the app builder."""
