@@ -63,8 +63,11 @@ LABEL = "label"
 
 
 def to_ms(timestamps: pd.Series) -> pd.Series:
-    """UTC timestamps (any pandas resolution) as integer epoch milliseconds."""
-    return timestamps.dt.as_unit("ms").astype("int64")
+    """UTC timestamps (any pandas resolution) as integer epoch milliseconds.
+
+    Rounded, not truncated: float epoch seconds such as 1.001 land a hair below the
+    millisecond, and flooring would make distinct samples collide."""
+    return timestamps.dt.round("ms").dt.as_unit("ms").astype("int64")
 
 
 def from_ms(ms: Iterable[int] | np.ndarray) -> pd.DatetimeIndex:

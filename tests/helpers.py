@@ -1,0 +1,99 @@
+"""Test helpers, importable by worker processes (spawned children import this module)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import zlib
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from eyenet.store import open_store
+
+METRICS = ["bytes_in", "bytes_out", "packets_in", "packets_out", "latency"]
+
+
+def samples(device_ids: list[str], start_s: int, n_per_device: int, seed: int = 0,
+            step_s: float = 1.0) -> pd.DataFrame:
+    """A deterministic frame whose values depend only on (device, time, seed), so two
+    writers that overlap write identical samples."""
+    parts = []
+    for device in device_ids:
+        rng = np.random.default_rng([seed, zlib.crc32(device.encode())])
+        part = pd.DataFrame({
+            "device_id": device,
+            "timestamp": pd.to_datetime(start_s + np.arange(n_per_device) * step_s, unit="s", utc=True),
+        })
+        for m in METRICS:
+            part[m] = rng.uniform(0, 1000, n_per_device).round(3)
+        parts.append(part)
+    frame = pd.concat(parts, ignore_index=True)
+    frame["label"] = pd.array([None] * len(frame), dtype="Int8")
+    return frame
+
+
+def write_overlapping(uri: str, worker: int, n_batches: int, batch_devices: int) -> int:
+    """One of several writers: batch b covers devices of window b and b+1 (overlap)."""
+    store = open_store(uri)
+    total = 0
+    for b in range(n_batches):
+        start = (b + worker) % n_batches
+        devices = [f"dev-{(start + i) % (n_batches + 1):03d}" for i in range(batch_devices)]
+        total += store.write_samples(samples(devices, 1_700_000_000, 50, seed=0)).inserted
+    store.close()
+    return total
+
+
+def write_until_killed(uri: str, acks: Any, batch_rows: int) -> None:
+    """Write distinct batches forever, acknowledging each one after it returns."""
+    store = open_store(uri)
+    b = 0
+    while True:
+        frame = samples([f"kill-{b:05d}"], 1_700_000_000, batch_rows, seed=b)
+        store.write_samples(frame)
+        acks.send(b)
+        b += 1
+
+
+def sigkill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+
+
+def write_overlapping_on(store: Any, worker: int, n_batches: int, batch_devices: int) -> int:
+    """``write_overlapping`` on an already open store (threads share one in-memory backend)."""
+    total = 0
+    for b in range(n_batches):
+        start = (b + worker) % n_batches
+        devices = [f"dev-{(start + i) % (n_batches + 1):03d}" for i in range(batch_devices)]
+        total += store.write_samples(samples(devices, 1_700_000_000, 50, seed=0)).inserted
+    return total
+
+
+class WriterKilled(BaseException):
+    """Stands in for the death of a process that cannot really be killed (in-memory store)."""
+
+
+def write_until_interrupted(store: Any, batch_rows: int, interrupt_at_batch: int) -> list[int]:
+    """Write distinct batches; batch ``interrupt_at_batch`` dies half-way through the insert."""
+    collection = store.metrics_c
+    real_insert = collection.insert_many
+
+    def dying_insert(docs: list[dict[str, Any]], ordered: bool = True, **kw: Any) -> None:
+        real_insert(docs[: len(docs) // 2], ordered=ordered, **kw)
+        raise WriterKilled()
+
+    acked = []
+    for b in range(interrupt_at_batch + 1):
+        if b == interrupt_at_batch:
+            collection.insert_many = dying_insert
+        try:
+            store.write_samples(samples([f"kill-{b:05d}"], 1_700_000_000, batch_rows, seed=b))
+        except WriterKilled:
+            break
+        finally:
+            if b == interrupt_at_batch:
+                del collection.insert_many
+        acked.append(b)
+    return acked
