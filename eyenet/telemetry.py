@@ -67,7 +67,8 @@ def to_ms(timestamps: pd.Series) -> pd.Series:
 
     Rounded, not truncated: float epoch seconds such as 1.001 land a hair below the
     millisecond, and flooring would make distinct samples collide."""
-    return timestamps.dt.round("ms").dt.as_unit("ms").astype("int64")
+    ns = timestamps.dt.as_unit("ns").astype("int64").to_numpy()
+    return pd.Series((ns + 500_000) // 1_000_000, index=timestamps.index)
 
 
 def from_ms(ms: Iterable[int] | np.ndarray) -> pd.DatetimeIndex:

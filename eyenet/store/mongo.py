@@ -93,21 +93,13 @@ class MongoStore(Store):
     # -- telemetry ------------------------------------------------------------------------
     def write_samples(self, frame: pd.DataFrame) -> WriteResult:
         prepared, metrics = prepare_samples(frame)
-        if prepared.empty:
+        if not len(prepared):
             return WriteResult(0, 0)
-        times = [datetime.fromtimestamp(ms / 1000, tz=UTC) for ms in prepared["ts_ms"].tolist()]
-        labels = [None if v is pd.NA else int(v) for v in prepared[LABEL].astype(object)]
-        columns = {}
-        for m in metrics:
-            values = prepared[m].to_numpy(dtype="float64")
-            col = values.astype(object)
-            col[~np.isfinite(values)] = None
-            columns[m] = col.tolist()
         docs = []
-        for i, (device, ts) in enumerate(zip(prepared[DEVICE].tolist(), times, strict=True)):
-            doc = {DEVICE: device, TIMESTAMP: ts, LABEL: labels[i]}
+        for i, (device, ts_ms) in enumerate(zip(prepared.device_id, prepared.ts_ms, strict=True)):
+            doc = {DEVICE: device, TIMESTAMP: _from_ms(ts_ms), LABEL: prepared.label[i]}
             for m in metrics:
-                doc[m] = columns[m][i]
+                doc[m] = prepared.values[m][i]
             docs.append(doc)
         duplicates = 0
         try:

@@ -1,0 +1,75 @@
+"""The ``eyenet`` command, run in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from eyenet.cli import main
+from eyenet.registry import ModelRegistry
+from eyenet.store import open_store
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("EYENET_STORE_URI", f"sqlite:///{tmp_path}/cli.db")
+    monkeypatch.setenv("EYENET_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    model = tmp_path / "model"
+    model.mkdir()
+    torch.save({"w": torch.ones(2)}, model / "weights.pt")
+    registry = ModelRegistry(open_store(f"sqlite:///{tmp_path}/cli.db"), tmp_path / "artifacts")
+    registry.register(model, metrics={"auprc": 0.5})
+    registry.register(model)
+    return tmp_path
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("config", "models", "bench"):
+        assert command in out
+
+
+def test_models_list_promote_rollback(env, capsys):
+    assert main(["models", "promote", "1"]) == 0
+    assert main(["models", "promote", "2"]) == 0
+    assert main(["models", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
+    assert [(v["version"], v["state"]) for v in listed] == [(1, "archived"), (2, "production")]
+    assert main(["models", "rollback"]) == 0
+    assert "v1 is now production" in capsys.readouterr().out
+    assert main(["models", "show", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"] == {"auprc": 0.5}
+
+
+def test_errors_are_one_line_and_non_zero(env, capsys):
+    assert main(["models", "promote", "9"]) == 1
+    assert capsys.readouterr().err.strip() == "eyenet: error: model eyenet-detector has no version 9"
+    assert main(["models", "promote"]) == 2
+    assert "needs a VERSION" in capsys.readouterr().err
+
+
+def test_bad_config_exits_2_naming_the_field(env, monkeypatch, capsys):
+    monkeypatch.setenv("EYENET_WINDOW_S", "-1")
+    assert main(["config"]) == 2
+    assert "window_s = '-1', from EYENET_WINDOW_S" in capsys.readouterr().err
+
+
+def test_config_prints_the_effective_values(env, capsys):
+    assert main(["config", "--store", "sqlite:///elsewhere.db"]) == 0
+    out = capsys.readouterr().out
+    assert "store_uri: sqlite:///elsewhere.db" in out
+    assert "window_s: 300.0" in out
+
+
+def test_store_bench_measures_and_reports(capsys, tmp_path):
+    assert main(["bench", "store", "--json", "--devices", "20", "--samples", "4000",
+                 "--batch-size", "500", "--reads", "10"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["bench"] == "store" and result["samples"] == 4000
+    assert result["write_samples_per_s"] > 0 and result["bare_sqlite_write_samples_per_s"] > 0
+    assert result["window_rows_median"] == 200
