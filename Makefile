@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/eyenet demo
+	# `eyenet demo` (the end-to-end job) lands with the streaming and serving issues;
+	# until then the main entry point shows what exists.
+	$(BIN)/eyenet --help
 
 test: $(STAMP)
 	$(BIN)/ruff check .

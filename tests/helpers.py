@@ -97,3 +97,13 @@ def write_until_interrupted(store: Any, batch_rows: int, interrupt_at_batch: int
                 del collection.insert_many
         acked.append(b)
     return acked
+
+
+def register_model(store_uri: str, artifact_root: str, model_dir: str) -> int:
+    from eyenet.registry import ModelRegistry
+
+    store = open_store(store_uri)
+    try:
+        return ModelRegistry(store, artifact_root).register(model_dir).version
+    finally:
+        store.close()

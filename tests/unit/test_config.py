@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from eyenet.config import DEFAULT_METRICS, EyeNetConfig, load_config
+from eyenet.errors import ConfigError
+
+
+def test_defaults_follow_the_seed():
+    c = load_config(env={})
+    assert c.metrics == DEFAULT_METRICS
+    assert c.window_s == 300
+    assert c.alerts.latency_avg_ms == 100
+    assert c.alerts.drift_threshold == 0.3
+    assert c.store_uri.startswith("sqlite:///")
+    assert c.gap_s == 3 * c.sample_interval_s
+
+
+def test_yaml_then_env_precedence(tmp_path):
+    path = tmp_path / "eyenet.yaml"
+    path.write_text("window_s: 120\nmetrics: [cpu, latency]\ncounter_metrics: []\n"
+                    "alerts:\n  latency_avg_ms: 150\n")
+    c = load_config(path, env={"EYENET_WINDOW_S": "60", "EYENET_SERVE__MAX_REPLICAS": "4"})
+    assert (c.window_s, c.metrics, c.alerts.latency_avg_ms, c.serve.max_replicas) == \
+        (60, ["cpu", "latency"], 150, 4)
+    assert load_config(env={"EYENET_CONFIG": str(path)}).window_s == 120
+
+
+def test_env_lists_take_commas_or_json():
+    c = load_config(env={"EYENET_METRICS": "a, b", "EYENET_COUNTER_METRICS": '["a"]'})
+    assert (c.metrics, c.counter_metrics) == (["a", "b"], ["a"])
+
+
+def test_one_metric_works_as_for_nab():
+    c = load_config(env={"EYENET_METRICS": "value", "EYENET_COUNTER_METRICS": ""})
+    assert c.metrics == ["value"] and c.counter_metrics == []
+
+
+@pytest.mark.parametrize("env, field, needles", [
+    ({"EYENET_WINDOW_S": "-5"}, "window_s", ["window_s = '-5'", "EYENET_WINDOW_S", "greater than 0"]),
+    ({"EYENET_WINDOW_S": "soon"}, "window_s", ["'soon'", "a valid number"]),
+    ({"EYENET_COUNTER_BITS": "16"}, "counter_bits", ["'16'", "32 or 64"]),
+    ({"EYENET_STORE_URI": "postgres://x"}, "store_uri", ["postgres://x", "sqlite:///"]),
+    ({"EYENET_METRICS": "a b"}, "metrics", ["'a b'", "must match"]),
+    ({"EYENET_METRICS": "x,x", "EYENET_COUNTER_METRICS": ""}, "metrics", ["unique", "'x'"]),
+    ({"EYENET_METRICS": "label", "EYENET_COUNTER_METRICS": ""}, "metrics", ["reserved"]),
+    ({"EYENET_METRICS": "a"}, None, ["counter_metrics", "not in metrics"]),
+    ({"EYENET_SERVE__MIN_REPLICAS": "3"}, "serve", ["max_replicas (2)", "min_replicas (3)"]),
+    ({"EYENET_METRIC_MAX": '{"latency": -1}'}, None, ["metric_max", "> 0"]),
+    ({"EYENET_METRIC_MAX": "{oops"}, "EYENET_METRIC_MAX", ["not valid JSON"]),
+    ({"EYENET_WINDW_S": "5"}, "EYENET_WINDW_S", ["not a config setting", "EYENET_WINDOW_S"]),
+    ({"EYENET_ALERTS__NOPE": "5"}, "EYENET_ALERTS__NOPE", ["EYENET_ALERTS__LATENCY_AVG_MS"]),
+])
+def test_bad_values_name_field_value_and_expectation(env, field, needles):
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env)
+    assert info.value.field == field
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+def test_yaml_problems_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("window_s: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML"):
+        load_config(bad, env={})
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(bad, env={})
+    bad.write_text("windw_s: 5\n")
+    with pytest.raises(ConfigError, match=r"windw_s: unknown setting .*bad.yaml"):
+        load_config(bad, env={})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml", env={})
+
+
+def test_reserved_env_vars_are_not_settings():
+    c = load_config(env={"EYENET_API_KEY": "secret", "EYENET_TEST_MONGO_URI": "mongodb://x"})
+    assert "secret" not in str(c.to_dict())
+
+
+def test_round_trip_and_pickle():
+    c = load_config(env={"EYENET_WINDOW_S": "42"})
+    assert EyeNetConfig.from_dict(c.to_dict()) == c
+    assert pickle.loads(pickle.dumps(c)) == c
+
+
+def test_metric_limits():
+    c = EyeNetConfig(metric_max={"latency": 5000})
+    assert c.metric_limit("latency") == 5000
+    assert c.metric_limit("packets_in") == 2e9
+    custom = EyeNetConfig(metrics=["hits"], counter_metrics=["hits"])
+    assert custom.metric_limit("hits") == custom.max_counter_rate_per_s
