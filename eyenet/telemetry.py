@@ -24,9 +24,10 @@ value not a number          repair     ``metric_non_numeric:m``: set missing
 value +/-inf                repair     ``metric_inf:m``: set missing
 value negative              repair     ``metric_negative:m``: set missing (no metric here
                                        is signed; latency, bytes and packets are >= 0)
-value above metric_max      repair     ``metric_absurd:m``: set missing (counters: raw
-                                       value >= 2**counter_bits, or rate above
-                                       ``max_counter_rate_per_s``)
+value above its bound       repair     ``metric_absurd:m``: set missing. The bound is
+                                       ``config.metric_limit(m)``; for counters it bounds
+                                       the rate, and a raw value >= 2**counter_bits is
+                                       absurd too
 every metric invalid        reject     ``no_valid_metrics``
 bad label (not 0/1)         repair     ``bad_label``: label set missing
 silence > gap_s             repair     ``gap`` (once per gap): counter rates across the gap
@@ -35,7 +36,8 @@ silence > gap_s             repair     ``gap`` (once per gap): counter rates acr
 counter's first sample      repair     ``counter_baseline:m``: becomes the baseline, rate
                                        missing
 counter decreased, and      repair     ``counter_wrap:m``: delta = value + 2**bits - prev
-  wrapping explains it                 (plausible when that rate <= max_counter_rate_per_s)
+  wrapping explains it                 (plausible when that rate <= the metric's bound;
+                                       rrdtool's rule)
 counter decreased otherwise repair     ``counter_reset:m``: the device restarted counting
                                        from 0, so delta = value (Prometheus' rule)
 ==========================  =========  ===================================================

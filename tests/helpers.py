@@ -37,13 +37,10 @@ def samples(device_ids: list[str], start_s: int, n_per_device: int, seed: int = 
 def write_overlapping(uri: str, worker: int, n_batches: int, batch_devices: int) -> int:
     """One of several writers: batch b covers devices of window b and b+1 (overlap)."""
     store = open_store(uri)
-    total = 0
-    for b in range(n_batches):
-        start = (b + worker) % n_batches
-        devices = [f"dev-{(start + i) % (n_batches + 1):03d}" for i in range(batch_devices)]
-        total += store.write_samples(samples(devices, 1_700_000_000, 50, seed=0)).inserted
-    store.close()
-    return total
+    try:
+        return write_overlapping_on(store, worker, n_batches, batch_devices)
+    finally:
+        store.close()
 
 
 def write_until_killed(uri: str, acks: Any, batch_rows: int) -> None:

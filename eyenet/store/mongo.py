@@ -157,14 +157,7 @@ class MongoStore(Store):
     def iter_range(self, start: Any = None, end: Any = None,
                    device_ids: Sequence[str] | None = None,
                    chunk_rows: int = 100_000) -> Iterator[pd.DataFrame]:
-        query: dict[str, Any] = {}
-        when: dict[str, Any] = {}
-        if start is not None:
-            when["$gte"] = _from_ms(to_timestamp_ms(start))
-        if end is not None:
-            when["$lt"] = _from_ms(to_timestamp_ms(end))
-        if when:
-            query[TIMESTAMP] = when
+        query = _time_query(TIMESTAMP, start, end)
         if device_ids is not None:
             query[DEVICE] = {"$in": list(device_ids)}
         with self._errors("read range"):
@@ -202,14 +195,7 @@ class MongoStore(Store):
     def list_events(self, since: Any = None, until: Any = None, device_id: str | None = None,
                     kind: str | None = None, status: str | None = None,
                     limit: int = 1000) -> list[Event]:
-        query: dict[str, Any] = {}
-        when: dict[str, Any] = {}
-        if since is not None:
-            when["$gte"] = _from_ms(to_timestamp_ms(since))
-        if until is not None:
-            when["$lt"] = _from_ms(to_timestamp_ms(until))
-        if when:
-            query["ts"] = when
+        query = _time_query("ts", since, until)
         for key, value in (("device_id", device_id), ("kind", kind), ("status", status)):
             if value is not None:
                 query[key] = value
@@ -307,6 +293,16 @@ class _MongoErrors:
         if isinstance(exc, ConnectionFailure):  # includes server selection time-outs
             raise StoreConnectionError(f"MongoDB at {where} unreachable during {self.op}: {exc}") from exc
         raise StoreError(f"MongoDB {self.op} failed at {where}: {exc}") from exc
+
+
+def _time_query(field: str, start: Any, end: Any) -> dict[str, Any]:
+    """``{field: {$gte: start, $lt: end}}`` with either bound optional."""
+    when: dict[str, Any] = {}
+    if start is not None:
+        when["$gte"] = _from_ms(to_timestamp_ms(start))
+    if end is not None:
+        when["$lt"] = _from_ms(to_timestamp_ms(end))
+    return {field: when} if when else {}
 
 
 def _utc(value: datetime) -> datetime:
