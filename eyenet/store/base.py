@@ -16,7 +16,6 @@ runs on both. What both promise:
 
 from __future__ import annotations
 
-import math
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -153,10 +152,6 @@ def _nullable(values: np.ndarray, as_int: bool = False) -> list[Any]:
     out = (np.where(missing, 0, values).astype(np.int64) if as_int else values).astype(object)
     out[missing] = None
     return out.tolist()
-
-
-def finite_or_none(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
 
 
 def to_timestamp_ms(value: Any) -> int:
