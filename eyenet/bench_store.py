@@ -18,8 +18,6 @@ Design, and why:
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sqlite3
 import statistics
@@ -180,28 +178,3 @@ def run_store_bench(uri: str | None = None, devices: int = 1000, samples: int = 
         "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
         "platform": platform.platform(),
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="eyenet bench store", description=__doc__.split("\n")[0])
-    parser.add_argument("--uri", help="store URI (must be empty); default: a temporary SQLite file")
-    parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--samples", type=int, default=1_000_000)
-    parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--reads", type=int, default=200)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
-    result = run_store_bench(args.uri, devices=args.devices, samples=args.samples,
-                             batch_size=args.batch_size, reads=args.reads)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    for key, value in result.items():
-        if key not in ("bench", "targets"):
-            target = result["targets"].get(key)
-            print(f"{key:34} {value}" + (f"   (target {target})" if target is not None else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -154,6 +154,14 @@ def _nullable(values: np.ndarray, as_int: bool = False) -> list[Any]:
     return out.tolist()
 
 
+def stamp_report(report: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``report`` with ``report_id`` and ``created_at`` filled in if absent."""
+    report = dict(report)
+    report.setdefault("report_id", uuid.uuid4().hex[:16])
+    report.setdefault("created_at", datetime.now(UTC).isoformat())
+    return report
+
+
 def to_timestamp_ms(value: Any) -> int:
     """A point in time (datetime, pandas Timestamp, ISO text, epoch seconds) as epoch ms."""
     ts = parse_timestamps(pd.Series([value]))

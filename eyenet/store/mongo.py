@@ -16,7 +16,6 @@ The default write concern is ``w=1`` with journaling off the server's default; p
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +40,7 @@ from eyenet.store.base import (
     WriteResult,
     prepare_samples,
     redact_uri,
+    stamp_report,
     to_timestamp_ms,
 )
 from eyenet.telemetry import DEVICE, LABEL, TIMESTAMP
@@ -204,9 +204,7 @@ class MongoStore(Store):
         return [Event.from_dict(d) for d in docs]
 
     def save_report(self, report: dict[str, Any]) -> str:
-        report = dict(report)
-        report.setdefault("report_id", os.urandom(8).hex())
-        report.setdefault("created_at", datetime.now(UTC).isoformat())
+        report = stamp_report(report)
         with self._errors("save report"):
             self.reports_c.replace_one({"_id": report["report_id"]},
                                        {"_id": report["report_id"], **_plain(report),

@@ -33,6 +33,7 @@ from eyenet.store.base import (
     Store,
     WriteResult,
     prepare_samples,
+    stamp_report,
     to_timestamp_ms,
 )
 from eyenet.telemetry import DEVICE, LABEL, TIMESTAMP, from_ms
@@ -308,9 +309,7 @@ class SQLiteStore(Store):
         return events
 
     def save_report(self, report: dict[str, Any]) -> str:
-        report = dict(report)
-        report.setdefault("report_id", os.urandom(8).hex())
-        report.setdefault("created_at", datetime.now(UTC).isoformat())
+        report = stamp_report(report)
         created_ms = to_timestamp_ms(report["created_at"])
         with self._write("save report") as conn:
             conn.execute("INSERT OR REPLACE INTO reports VALUES (?, ?, ?)",
