@@ -36,6 +36,9 @@ RESERVED_ENV = {"EYENET_CONFIG", "EYENET_API_KEY", "EYENET_TEST_MONGO_URI"}
 METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Names the telemetry schema and the stores use for their own columns.
 RESERVED_METRIC_NAMES = {"device_id", "timestamp", "label", "ts_ms", "_id"}
+# Mapping-valued settings: read as JSON from the environment, leaves for source tracking.
+DICT_FIELDS = ("metric_max", "device_thresholds")
+OPTIONAL_FIELDS = ("max_gap_s", "webhook_url", "smoothing_steps", "rolling_s")
 STORE_SCHEMES = ("sqlite:///", "mongodb://", "mongodb+srv://")
 
 
@@ -72,6 +75,55 @@ class ServeConfig(_Section):
         return self
 
 
+class DetectorConfig(_Section):
+    """The LSTM detector: network shape, training loop, scoring and threshold.
+
+    Network and loop defaults are the seed's (hidden 64, 2 layers, Adam 1e-3, batch 32, up
+    to 100 epochs, patience 10 on validation loss).
+    """
+
+    objective: Literal["forecast", "classify"] = Field(
+        "forecast", description="forecast: unsupervised, the score is the forecast error; "
+                                "classify: the seed's BCE classifier, needs labels")
+    window_steps: int = Field(30, ge=2, le=2000, description="samples in one input window")
+    hidden_size: int = Field(64, ge=1, le=4096)
+    num_layers: int = Field(2, ge=1, le=8)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="between LSTM layers")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    batch_size: int = Field(32, ge=1, le=65536)
+    max_epochs: int = Field(100, ge=1)
+    patience_epochs: int = Field(10, ge=1, description="stop after this many epochs without improvement")
+    min_delta: float = Field(1e-4, ge=0.0, description="smallest validation-loss gain that counts")
+    validation_fraction: float = Field(
+        0.2, gt=0.0, lt=0.9, description="last share of each device's training history held "
+                                         "out for early stopping, calibration and threshold")
+    smoothing_steps: int | None = Field(
+        None, ge=1, description="EWM span of the error profile in samples; default window_steps")
+    threshold_risk: float = Field(
+        0.01, gt=0.0, lt=1.0, description="peaks-over-threshold risk: share of normal validation "
+                                          "samples allowed above the threshold")
+    threshold_init_quantile: float = Field(0.98, gt=0.0, lt=1.0)
+    device_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="per-device threshold on the calibrated 0..1 score "
+                                          "(default 0.5, the fitted threshold)")
+    top_k_features: int = Field(3, ge=1, description="metrics named per anomalous point")
+    rolling_s: float | None = Field(
+        None, gt=0, description="add time-based rolling mean/std of every metric over this many s")
+    seed: int = Field(0, ge=0)
+
+    @field_validator("device_thresholds")
+    @classmethod
+    def _thresholds_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {d: t for d, t in value.items() if not 0.0 < t < 1.0}
+        if bad:
+            raise ValueError(f"device_thresholds must lie strictly between 0 and 1, got {bad}")
+        return value
+
+    @property
+    def smoothing(self) -> int:
+        return self.smoothing_steps if self.smoothing_steps is not None else self.window_steps
+
+
 class EyeNetConfig(_Section):
     """The whole configuration. Field docs say the unit; defaults follow the seed."""
 
@@ -97,6 +149,7 @@ class EyeNetConfig(_Section):
     artifact_root: str = "eyenet-data/artifacts"
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
 
     @field_validator("metrics", "counter_metrics")
     @classmethod
@@ -207,7 +260,7 @@ def _leaf_paths(data: dict[str, Any], prefix: str = "") -> list[str]:
     paths = []
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and key not in ("metric_max",):
+        if isinstance(value, dict) and key not in DICT_FIELDS:
             paths.extend(_leaf_paths(value, dotted + "."))
         paths.append(dotted)
     return paths
@@ -235,9 +288,9 @@ def _parse_env_value(key: str, parts: list[str], raw: str) -> Any:
         if text.startswith("["):
             return _json(key, text)
         return [item.strip() for item in text.split(",") if item.strip()]
-    if field == "metric_max":
+    if field in DICT_FIELDS:
         return _json(key, text)
-    if text.lower() in ("", "none", "null") and field in ("max_gap_s", "webhook_url"):
+    if text.lower() in ("", "none", "null") and field in OPTIONAL_FIELDS:
         return None
     return text
 

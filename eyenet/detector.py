@@ -1,0 +1,240 @@
+"""The anomaly detector: features -> scaled windows -> LSTM -> error profile -> calibrated
+score, threshold and attribution (Merlion's shape: a config plus ``fit``, ``score``,
+``save``, ``load``).
+
+Training is split so the same detector can be trained in-process (:meth:`Detector.fit`)
+or on Ray Train (``jobs/train.py``): :meth:`prepare` builds features, fits the scaler on
+the training part and picks the windows; a loop turns them into weights; :meth:`finish`
+scores the held-out part to fit calibration and threshold. The held-out part is the last
+``validation_fraction`` of each device's history, so it is later in time than anything
+trained on, as production data will be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from eyenet.artifacts import load_weights
+from eyenet.config import DetectorConfig
+from eyenet.errors import ArtifactError, TelemetryError
+from eyenet.features import (
+    FeatureFrame,
+    Scaler,
+    build_features,
+    feature_reference,
+    window_targets,
+    windows_at,
+)
+from eyenet.model import predict
+from eyenet.scoring import Calibrator, smoothed_errors, top_features
+from eyenet.telemetry import DEVICE, TIMESTAMP, from_ms, to_ms
+from eyenet.training import FitResult, build_net, fit_in_process
+
+WEIGHTS_FILE, META_FILE, REFERENCE_FILE = "weights.pt", "detector.json", "reference.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainingData:
+    """Scaled features of the training history and which rows are forecast targets."""
+
+    features: FeatureFrame
+    scaled: np.ndarray        # (rows, F) float32
+    train_targets: np.ndarray  # row indices
+    val_targets: np.ndarray
+    val_rows: np.ndarray       # bool mask of held-out rows
+
+    def arrays(self, targets: np.ndarray, window: int, objective: str) -> tuple[np.ndarray, np.ndarray]:
+        x = windows_at(self.scaled, targets, window)
+        if objective == "forecast":
+            return x, self.scaled[targets]
+        return x, self.features.flagged[targets].astype(np.float32)[:, None]
+
+
+class Detector:
+    def __init__(self, config: DetectorConfig, metrics: list[str], gap_s: float) -> None:
+        self.config = config
+        self.metrics = list(metrics)
+        self.gap_s = float(gap_s)
+        self.feature_names: list[str] = []
+        self.scaler: Scaler | None = None
+        self.calibrator: Calibrator | None = None
+        self.net: torch.nn.Module | None = None
+        self.reference: dict[str, Any] = {}
+        self.training: dict[str, Any] = {}
+
+    # -- features ---------------------------------------------------------------------------
+    def features(self, frame: pd.DataFrame) -> FeatureFrame:
+        return build_features(frame, self.metrics, gap_s=self.gap_s, rolling_s=self.config.rolling_s)
+
+    # -- training ---------------------------------------------------------------------------
+    def prepare(self, frame: pd.DataFrame) -> TrainingData:
+        cfg, window = self.config, self.config.window_steps
+        feats = self.features(frame)
+        self.feature_names = feats.names
+        val_rows = _tail_rows(feats.device_ids, cfg.validation_fraction)
+        fit_rows = ~val_rows & ~feats.flagged
+        if not fit_rows.any():
+            raise TelemetryError("no unflagged training rows left to fit the scaler on")
+        self.scaler = Scaler.fit(feats.values[fit_rows])
+        scaled = self.scaler.transform(feats.values)
+        # held-out rows start new segments so no window mixes training and validation rows
+        split = np.r_[False, val_rows[1:] != val_rows[:-1]]
+        segments = np.cumsum(np.r_[True, np.diff(feats.segments) != 0] | split) - 1
+        exclude = feats.flagged if cfg.objective == "forecast" else None
+        targets = window_targets(segments, window, exclude)
+        train_t, val_t = targets[~val_rows[targets]], targets[val_rows[targets]]
+        if len(train_t) == 0 or len(val_t) == 0:
+            raise TelemetryError(
+                f"not enough history: {len(feats)} rows give {len(train_t)} training and "
+                f"{len(val_t)} validation windows of {window} steps (validation_fraction="
+                f"{cfg.validation_fraction}); need at least one of each")
+        if cfg.objective == "classify" and not feats.flagged[train_t].any():
+            raise TelemetryError("objective 'classify' needs labelled anomalies (label=1) in training")
+        self.reference = feature_reference(feats.values[fit_rows], feats.names)
+        return TrainingData(feats, scaled, train_t, val_t, val_rows)
+
+    def fit(self, frame: pd.DataFrame, max_epochs: int | None = None) -> Detector:
+        """Train in this process (the plain loop); Ray Train does the same in jobs/train.py."""
+        data = self.prepare(frame)
+        cfg = self.config
+        result = fit_in_process(cfg, data.arrays(data.train_targets, cfg.window_steps, cfg.objective),
+                                data.arrays(data.val_targets, cfg.window_steps, cfg.objective),
+                                max_epochs=max_epochs)
+        return self.finish(result, data)
+
+    def finish(self, result: FitResult, data: TrainingData) -> Detector:
+        """Load the best weights and fit calibration and threshold on held-out rows."""
+        self.net = build_net(self.config, len(self.feature_names))
+        self.net.load_state_dict(result.state_dict)
+        self.net.eval()
+        val = data.features.select(np.flatnonzero(data.val_rows))
+        raw, _, scored = self._raw_scores(val, self.scaler.transform(val.values), val.segments)
+        normal = scored & ~val.flagged
+        if self.config.objective == "forecast":
+            self.calibrator = Calibrator.fit(raw[normal], risk=self.config.threshold_risk,
+                                             init_quantile=self.config.threshold_init_quantile)
+        else:
+            self.calibrator = Calibrator(0.0, 1.0)  # x/(1+x) of p/(1-p) gives p back: see _calibrate
+        self.training = {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                         "epochs": len(result.history), "train_windows": len(data.train_targets),
+                         "val_windows": len(data.val_targets),
+                         "excluded_flagged_rows": int(data.features.flagged.sum()),
+                         "train_seconds": result.train_seconds}
+        return self
+
+    # -- scoring ----------------------------------------------------------------------------
+    def score(self, frame: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Score every row of ``frame``; ``history`` (earlier rows) only provides context.
+
+        Returns one row per input row, ordered by device then time, with ``device_id,
+        timestamp, score`` (0..1), ``raw_score, threshold, is_anomaly, top_features``
+        (list, most to least) and ``top_feature``. Rows without a full window of
+        history in their segment get score 0 and no features.
+        """
+        self._require_fitted()
+        context = frame if history is None or history.empty else pd.concat(
+            [history[[c for c in frame.columns if c in history.columns]], frame], ignore_index=True)
+        feats = self.features(context)
+        own = np.ones(len(feats), bool)
+        if context is not frame:
+            seen = pd.MultiIndex.from_arrays([frame[DEVICE].astype(str).to_numpy(),
+                                              to_ms(pd.to_datetime(frame[TIMESTAMP], utc=True)).to_numpy()])
+            own = pd.MultiIndex.from_arrays([feats.device_ids, feats.timestamps_ms]).isin(seen)
+        raw, contrib, scored = self._raw_scores(feats, self.scaler.transform(feats.values), feats.segments)
+        score = np.where(scored, self._calibrate(raw), 0.0)
+        thresholds = np.array([self.config.device_thresholds.get(d, 0.5) for d in feats.device_ids]) \
+            if self.config.device_thresholds else np.full(len(feats), 0.5)
+        tops = top_features(np.nan_to_num(contrib), self.feature_names, self.config.top_k_features)
+        tops = [t if ok else [] for t, ok in zip(tops, scored, strict=True)]
+        out = pd.DataFrame({DEVICE: feats.device_ids, TIMESTAMP: from_ms(feats.timestamps_ms),
+                            "score": score, "raw_score": np.where(scored, raw, np.nan),
+                            "threshold": thresholds, "is_anomaly": scored & (score > thresholds),
+                            "top_features": tops})
+        out["top_feature"] = [t[0] if t else "" for t in tops]
+        return out[own].reset_index(drop=True)
+
+    def _raw_scores(self, feats: FeatureFrame, scaled: np.ndarray,
+                    segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(raw score, per-feature contribution, scored mask) for every row."""
+        window = self.config.window_steps
+        targets = window_targets(segments, window)
+        n, n_feat = len(scaled), scaled.shape[1]
+        scored = np.zeros(n, bool)
+        scored[targets] = True
+        contrib = np.full((n, n_feat), np.nan)
+        raw = np.full(n, np.nan)
+        if len(targets) == 0:
+            return raw, contrib, scored
+        out = predict(self.net, windows_at(scaled, targets, window))
+        if self.config.objective == "forecast":
+            contrib[targets] = (out - scaled[targets]) ** 2
+            contrib = smoothed_errors(contrib, segments, self.config.smoothing)
+            raw = contrib.sum(axis=1)
+        else:
+            raw[targets] = out[:, 0]
+            contrib[targets] = scaled[targets] ** 2  # distance from the training median
+        return raw, contrib, scored
+
+    def _calibrate(self, raw: np.ndarray) -> np.ndarray:
+        if self.config.objective == "classify":
+            return np.clip(np.nan_to_num(raw), 0.0, 1.0)
+        return self.calibrator(np.nan_to_num(raw))
+
+    def _require_fitted(self) -> None:
+        if self.net is None or self.scaler is None or self.calibrator is None:
+            raise TelemetryError("the detector is not fitted: call fit() or load() first")
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        self._require_fitted()
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(self.net.state_dict(), path / WEIGHTS_FILE)
+        meta = {"format_version": FORMAT_VERSION, "config": self.config.model_dump(mode="json"),
+                "metrics": self.metrics, "gap_s": self.gap_s, "feature_names": self.feature_names,
+                "scaler": self.scaler.to_dict(), "calibration": self.calibrator.to_dict(),
+                "thresholds": {"default": 0.5, "devices": self.config.device_thresholds},
+                "training": self.training}
+        (path / META_FILE).write_text(json.dumps(meta, indent=1))
+        (path / REFERENCE_FILE).write_text(json.dumps(self.reference))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Detector:
+        path = Path(directory)
+        try:
+            meta = json.loads((path / META_FILE).read_text())
+            reference = json.loads((path / REFERENCE_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"cannot read detector from {path}: {exc}") from exc
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{path / META_FILE} has format_version {meta.get('format_version')}, "
+                                f"this EyeNet reads {FORMAT_VERSION}")
+        det = cls(DetectorConfig.model_validate(meta["config"]), meta["metrics"], meta["gap_s"])
+        det.feature_names = meta["feature_names"]
+        det.scaler = Scaler.from_dict(meta["scaler"])
+        det.calibrator = Calibrator.from_dict(meta["calibration"])
+        det.training, det.reference = meta.get("training", {}), reference
+        det.net = build_net(det.config, len(det.feature_names))
+        det.net.load_state_dict(load_weights(path / WEIGHTS_FILE))
+        det.net.eval()
+        return det
+
+
+def _tail_rows(devices: np.ndarray, fraction: float) -> np.ndarray:
+    """Mask of the last ``fraction`` of each device's rows (rows are ordered by device, time)."""
+    _, first, counts = np.unique(devices, return_index=True, return_counts=True)
+    mask = np.zeros(len(devices), bool)
+    for start, count in zip(first, counts, strict=True):
+        held = round(count * fraction)
+        mask[start + count - held:start + count] = True
+    return mask

@@ -1,0 +1,59 @@
+"""The LSTM networks.
+
+The seed's shape is kept: LSTM (hidden 64, 2 layers) -> Linear 32 -> ReLU -> head. The
+head differs by objective:
+
+* ``forecast`` (the default, unsupervised; Telemanom's objective): the head predicts every
+  feature of the next step from the window, and the forecast error becomes the score.
+  Real fleets have no labels, and a forecaster trained on normal traffic needs none.
+* ``classify`` (when labels are given; the seed's objective): Linear 1 -> Sigmoid, trained
+  with binary cross-entropy on "is the step after this window anomalous".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+HEAD_HIDDEN = 32
+
+
+class LSTMDetectorNet(nn.Module):
+    def __init__(self, n_features: int, hidden_size: int = 64, num_layers: int = 2,
+                 dropout: float = 0.0, objective: str = "forecast") -> None:
+        super().__init__()
+        self.objective = objective
+        self.lstm = nn.LSTM(n_features, hidden_size, num_layers, batch_first=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+        out = n_features if objective == "forecast" else 1
+        layers: list[nn.Module] = [nn.Linear(hidden_size, HEAD_HIDDEN), nn.ReLU(),
+                                   nn.Linear(HEAD_HIDDEN, out)]
+        if objective == "classify":
+            layers.append(nn.Sigmoid())
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (batch, window, features) -> (batch, features) or (batch, 1)."""
+        output, _ = self.lstm(x)
+        return self.head(output[:, -1])
+
+
+def loss_fn(objective: str) -> nn.Module:
+    return nn.MSELoss() if objective == "forecast" else nn.BCELoss()
+
+
+@torch.no_grad()
+def predict(net: nn.Module, windows: np.ndarray, batch_size: int = 4096,
+            device: str | torch.device = "cpu") -> np.ndarray:
+    """Forward ``windows`` (n, window, features) in batches, in eval mode, as numpy."""
+    was_training = net.training
+    net.eval()
+    try:
+        outs = [net(torch.from_numpy(windows[i:i + batch_size]).to(device)).cpu().numpy()
+                for i in range(0, len(windows), batch_size)]
+    finally:
+        net.train(was_training)
+    if not outs:
+        return np.empty((0, net.head[2].out_features), np.float32)
+    return np.concatenate(outs)

@@ -1,0 +1,241 @@
+"""Train the detector on Ray Train (``TorchTrainer``, DDP over ``--workers``).
+
+Data reaches the workers as Ray Data datasets: the scaled history is cut into chunks of
+consecutive rows (each with the ``window`` rows before its first target), and each worker
+expands only its own shard of chunks into windows while it trains. Chunks are what moves
+between processes, not windows, so the object store holds the history once rather than
+``window`` times over. :func:`store_chunk_dataset` builds the same chunks from the store
+inside Ray Data tasks, so a fleet history larger than the driver's memory still trains.
+
+Each epoch rank 0 reports a checkpoint holding the current weights, the optimizer, the
+early-stopping state and the best weights so far; after a worker dies, Ray Train
+(``FailureConfig``) restarts the group and the loop resumes from that checkpoint.
+
+Run as a job: ``python -m jobs.train --train FILE.csv`` or ``--from-store``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from eyenet.config import DetectorConfig, EyeNetConfig
+from eyenet.detector import Detector, TrainingData
+from eyenet.errors import EyeNetError
+from eyenet.features import window_targets, windows_at
+from eyenet.model import loss_fn
+from eyenet.training import EarlyStopping, FitResult, build_net, eval_loss, seed_everything, train_epoch
+
+CHUNK_TARGETS = 2048
+STATE_FILE = "state.pt"
+SHUFFLE_BUFFER_WINDOWS = 4096
+EVAL_BATCH = 1024
+
+
+def chunk_arrays(data: TrainingData, targets: np.ndarray, window: int,
+                 chunk_targets: int = CHUNK_TARGETS) -> list[dict[str, np.ndarray]]:
+    """Cut the scaled history into fixed-size chunks: rows, target mask and label."""
+    n_feat = data.scaled.shape[1]
+    rows_len = chunk_targets + window
+    chunks = []
+    for start in range(0, len(targets), chunk_targets):
+        part = targets[start:start + chunk_targets]
+        first = int(part[0]) - window
+        rows = np.zeros((rows_len, n_feat), np.float32)
+        span = data.scaled[first:int(part[-1]) + 1]
+        rows[:len(span)] = span
+        mask = np.zeros(rows_len, bool)
+        mask[part - first] = True
+        label = np.zeros(rows_len, np.float32)
+        label[:len(span)] = data.features.flagged[first:int(part[-1]) + 1]
+        chunks.append({"rows": rows, "is_target": mask, "label": label})
+    return chunks
+
+
+def expand_chunks(batch: dict[str, np.ndarray], window: int, objective: str) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` step: chunks -> (window inputs ``x``, targets ``y``)."""
+    xs, ys = [], []
+    for rows, mask, label in zip(batch["rows"], batch["is_target"], batch["label"], strict=True):
+        t = np.flatnonzero(mask)
+        xs.append(windows_at(rows, t, window))
+        ys.append(rows[t] if objective == "forecast" else label[t][:, None])
+    return {"x": np.concatenate(xs), "y": np.concatenate(ys)}
+
+
+def chunk_dataset(chunks: list[dict[str, np.ndarray]], window: int, objective: str) -> Any:
+    import ray.data
+
+    return ray.data.from_items(chunks).map_batches(
+        expand_chunks, fn_kwargs={"window": window, "objective": objective}, batch_size=1)
+
+
+def store_chunk_dataset(store_uri: str, detector: Detector, devices: list[str], start_ms: int,
+                        end_ms: int, span_ms: int) -> Any:
+    """Chunks read from the store inside Ray Data tasks, one device time span per task.
+
+    ``detector`` must be prepared (its scaler fitted); each span is read with enough lead
+    for its first window. Windows touching flagged samples are left out, as in training.
+    """
+    import ray.data
+
+    lead_ms = int(detector.config.window_steps * detector.gap_s * 1000)
+    specs = [{"device_id": d, "start_ms": s, "end_ms": min(s + span_ms, end_ms)}
+             for d in devices for s in range(start_ms, end_ms, span_ms)]
+    window, n_feat = detector.config.window_steps, len(detector.feature_names)
+
+    def load(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from eyenet.store import open_store
+
+        store = open_store(store_uri)
+        xs, ys = [np.zeros((0, window, n_feat), np.float32)], [np.zeros((0, n_feat), np.float32)]
+        for device_id, start, end in zip(batch["device_id"], batch["start_ms"], batch["end_ms"],
+                                         strict=True):
+            frame = store.read_range((int(start) - lead_ms) / 1000.0, int(end) / 1000.0,
+                                     device_ids=[str(device_id)])
+            if len(frame) <= window:
+                continue
+            feats = detector.features(frame)
+            scaled = detector.scaler.transform(feats.values)
+            targets = window_targets(feats.segments, window, feats.flagged)
+            targets = targets[feats.timestamps_ms[targets] >= start]
+            xs.append(windows_at(scaled, targets, window))
+            ys.append(scaled[targets])
+        return {"x": np.concatenate(xs), "y": np.concatenate(ys)}
+
+    return ray.data.from_items(specs).map_batches(load, batch_size=1)
+
+
+def _batches(shard: Any, batch_size: int, device: torch.device, shuffle: bool) -> Any:
+    for batch in shard.iter_torch_batches(
+            batch_size=batch_size, dtypes=torch.float32, device=device,
+            local_shuffle_buffer_size=SHUFFLE_BUFFER_WINDOWS if shuffle else None):
+        yield batch["x"], batch["y"]
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = DetectorConfig.model_validate(loop_config["detector"])
+    max_epochs = loop_config.get("max_epochs") or cfg.max_epochs
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(cfg.seed)
+    base = build_net(cfg, loop_config["n_features"])
+    net = ray.train.torch.prepare_model(base)
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    loss = loss_fn(cfg.objective)
+    stopper = EarlyStopping(cfg.patience_epochs, cfg.min_delta)
+    best_state, history, start_epoch, resumed_from = copy.deepcopy(base.state_dict()), [], 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            saved = torch.load(Path(ckpt_dir) / STATE_FILE, weights_only=True, map_location=device)
+        base.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        stopper = EarlyStopping(cfg.patience_epochs, cfg.min_delta, **saved["stopper"])
+        best_state, history = saved["best"], saved["history"]
+        start_epoch = resumed_from = int(saved["epoch"]) + 1
+    fault = loop_config.get("fault_injection") or {}
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    for epoch in range(start_epoch, max_epochs):
+        if fault.get("epoch") == epoch and rank == 0 and not os.path.exists(fault["marker"]):
+            Path(fault["marker"]).touch()  # die once, as a crashed worker would
+            os._exit(1)
+        started = time.perf_counter()
+        torch.manual_seed(cfg.seed + epoch)
+        train_loss, seen = train_epoch(net, _batches(train_shard, cfg.batch_size, device, True),
+                                       optimizer, loss)
+        seconds = time.perf_counter() - started
+        val_loss, val_seen = eval_loss(net, _batches(val_shard, EVAL_BATCH, device, False), loss)
+        if world > 1:  # every rank must take the same early-stopping decision
+            totals = torch.tensor([val_loss * val_seen, val_seen, seen], dtype=torch.float64)
+            torch.distributed.all_reduce(totals)
+            val_loss, seen = float(totals[0] / max(totals[1], 1)), int(totals[2])
+        if stopper.update(epoch, val_loss):
+            best_state = copy.deepcopy(base.state_dict())
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+               "best_val_loss": stopper.best, "train_samples": seen,
+               "samples_per_s": seen / seconds if seconds > 0 else 0.0,
+               "resumed_from_epoch": resumed_from if resumed_from is not None else -1}
+        history.append(row)
+        if rank == 0:
+            print(f"epoch {epoch}: train_loss={train_loss:.5f} val_loss={val_loss:.5f} "
+                  f"best={stopper.best:.5f} ({seen / max(seconds, 1e-9):,.0f} windows/s)", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save({"model": base.state_dict(), "optimizer": optimizer.state_dict(),
+                            "stopper": stopper.state(), "best": best_state, "history": history,
+                            "epoch": epoch}, Path(tmp) / STATE_FILE)
+                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(row)
+        if stopper.should_stop:
+            break
+
+
+def train_on_ray(detector: Detector, data: TrainingData, *, workers: int = 1, gpus: float = 0,
+                 storage_path: str | None = None, max_failures: int = 2, max_epochs: int | None = None,
+                 callbacks: list[Any] | None = None, run_name: str | None = None,
+                 fault_injection: dict[str, Any] | None = None) -> FitResult:
+    """Fit ``detector``'s network on prepared ``data`` with a TorchTrainer; returns the best weights."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = detector.config
+    if workers < 1:
+        raise EyeNetError(f"workers must be >= 1, got {workers}")
+    if gpus < 0:
+        raise EyeNetError(f"gpus must be >= 0, got {gpus}")
+    datasets = {"train": chunk_dataset(chunk_arrays(data, data.train_targets, cfg.window_steps),
+                                       cfg.window_steps, cfg.objective),
+                "val": chunk_dataset(chunk_arrays(data, data.val_targets, cfg.window_steps),
+                                     cfg.window_steps, cfg.objective)}
+    resources = {"CPU": 1, **({"GPU": gpus / workers} if gpus else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"detector": cfg.model_dump(mode="json"),
+                           "n_features": data.scaled.shape[1], "max_epochs": max_epochs,
+                           "fault_injection": fault_injection},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus),
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name or f"eyenet-train-{int(time.time() * 1000)}",
+            storage_path=storage_path or tempfile.mkdtemp(prefix="eyenet-train-"),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks),
+        datasets=datasets)
+    started = time.perf_counter()
+    result = trainer.fit()
+    return fit_result_from_checkpoint(result.checkpoint, time.perf_counter() - started)
+
+
+def fit_result_from_checkpoint(checkpoint: Any, seconds: float = float("nan")) -> FitResult:
+    if checkpoint is None:
+        raise EyeNetError("training finished without a checkpoint (no epoch completed)")
+    with checkpoint.as_directory() as ckpt_dir:
+        saved = torch.load(Path(ckpt_dir) / STATE_FILE, weights_only=True, map_location="cpu")
+    stopper = saved["stopper"]
+    return FitResult(saved["best"], saved["history"], stopper["best_epoch"], stopper["best"],
+                     sum(int(h["train_samples"]) for h in saved["history"]), seconds)
+
+
+def train_detector(frame: pd.DataFrame, config: EyeNetConfig, *, workers: int = 1, gpus: float = 0,
+                   storage_path: str | None = None, max_epochs: int | None = None) -> Detector:
+    """Prepare, train on Ray, calibrate: a fitted detector for ``config.metrics``."""
+    detector = Detector(config.detector, config.metrics, config.gap_s)
+    data = detector.prepare(frame)
+    result = train_on_ray(detector, data, workers=workers, gpus=gpus, storage_path=storage_path,
+                          max_epochs=max_epochs)
+    return detector.finish(result, data)
