@@ -74,11 +74,60 @@ def _version(args: argparse.Namespace) -> int:
     return args.version
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from eyenet.bench_store import run_store_bench
+def _train_kw(args: argparse.Namespace) -> dict[str, Any]:
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}", "workers", args.workers)
+    if args.gpus < 0:
+        raise ConfigError(f"--gpus must be >= 0, got {args.gpus}", "gpus", args.gpus)
+    return {"workers": args.workers, "gpus": args.gpus, "max_epochs": args.max_epochs}
 
-    result = run_store_bench(uri=args.uri, devices=args.devices, samples=args.samples,
-                             batch_size=args.batch_size, reads=args.reads)
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from jobs.detect import run_detect
+
+    summary = run_detect(args.train, args.test, args.out, _load(args), **_train_kw(args))
+    print(f"wrote {summary['rows']} rows ({summary['anomalies']} anomalous) to {summary['out']} "
+          f"in {summary['seconds']:.0f} s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from jobs.train_cli import run_train
+
+    mv = run_train(args, _load(args), **_train_kw(args))
+    print(f"registered {mv.name} v{mv.version} ({mv.state}): {json.dumps(mv.metrics, sort_keys=True)}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from jobs.evaluate import run_evaluation
+
+    result = run_evaluation(args.data, _load(args), datasets=tuple(args.datasets),
+                            series=args.series, **_train_kw(args))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=1)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, table in result["mean"].items():
+            print(f"mean {key:24} " + " ".join(
+                f"{k}={table[k]:.3f}" for k in ("auprc", "f1", "precision", "recall", "event_recall",
+                                                "oracle_best_f1", "point_adjusted_f1") if k in table))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "train":
+        from jobs.bench_train import run_train_bench
+
+        result = run_train_bench(rows=args.rows, metrics=args.metrics, epochs=args.epochs,
+                                 workers=args.workers, gpus=args.gpus, batch_size=args.batch_size or 32)
+    else:
+        from eyenet.bench_store import run_store_bench
+
+        result = run_store_bench(uri=args.uri, devices=args.devices, samples=args.samples,
+                                 batch_size=args.batch_size or 1000, reads=args.reads)
     if args.json:
         print(json.dumps(result))
     else:
@@ -107,14 +156,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output (list)")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("bench", parents=[common], help="benchmarks; prints figures (and ratios)")
-    p.add_argument("what", choices=["store"], help="what to measure")
+    training = argparse.ArgumentParser(add_help=False)
+    training.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    training.add_argument("--gpus", type=float, default=0, help="GPUs in total across workers")
+    training.add_argument("--max-epochs", type=int, help="cap on epochs (default: the config's)")
+
+    p = sub.add_parser("detect", parents=[common, training],
+                       help="offline: train on one CSV, score another, write OUT.csv")
+    p.add_argument("--train", required=True, metavar="CSV", help="timestamp + metric columns")
+    p.add_argument("--test", required=True, metavar="CSV", help="same metric columns")
+    p.add_argument("--out", required=True, metavar="CSV",
+                   help="written: timestamp,score,is_anomaly,top_feature")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("train", parents=[common, training],
+                       help="train (optionally tune) on Ray and register the model as staging")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--train-csv", metavar="CSV", help="train on a metric CSV")
+    src.add_argument("--from-store", action="store_true", help="train on the store's history")
+    p.add_argument("--device", action="append", help="(--from-store) only these devices; repeatable")
+    p.add_argument("--since", help="(--from-store) start of history (ISO time)")
+    p.add_argument("--until", help="(--from-store) end of history (ISO time)")
+    p.add_argument("--tune", action="store_true", help="search hyperparameters with Ray Tune (ASHA)")
+    p.add_argument("--trials", type=int, default=8, help="(--tune) number of trials")
+    p.add_argument("--time-budget-s", type=float, default=600.0, help="(--tune) wall-clock budget")
+    p.add_argument("--name", default="eyenet-detector", help="model name in the registry")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[common, training],
+                       help="score the detector and baselines on labelled datasets")
+    p.add_argument("--data", default="../shared/datasets", help="datasets root (default: %(default)s)")
+    p.add_argument("--datasets", nargs="+", choices=["smd", "nab"], default=["smd", "nab"])
+    p.add_argument("--series", nargs="+", help="only these series (machine or file names)")
+    p.add_argument("--out", metavar="JSON", help="also write the full result here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", parents=[common, training],
+                       help="benchmarks; prints figures (and ratios)")
+    p.add_argument("what", choices=["store", "train"], help="what to measure")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--uri", help="store to measure (default: a fresh SQLite file)")
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--samples", type=int, default=1_000_000)
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, help="store: samples per write (1000); train: 32")
     p.add_argument("--reads", type=int, default=200)
+    p.add_argument("--rows", type=int, default=20_000, help="train: rows of synthetic history")
+    p.add_argument("--metrics", type=int, default=38, help="train: metrics per row")
+    p.add_argument("--epochs", type=int, default=3, help="train: epochs of each loop")
     p.set_defaults(func=cmd_bench)
     return parser
 

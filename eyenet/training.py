@@ -120,11 +120,14 @@ def fit_in_process(config: DetectorConfig, train: tuple[np.ndarray, np.ndarray],
     result = FitResult(copy.deepcopy(net.state_dict()))
     started = time.perf_counter()
     for epoch in range(max_epochs or config.max_epochs):
+        epoch_started = time.perf_counter()
         train_loss, seen = train_epoch(net, array_batches(*train, config.batch_size, generator),
                                        optimizer, loss)
+        seconds = time.perf_counter() - epoch_started
         val_loss, _ = eval_loss(net, array_batches(*val, 4096), loss)
         result.train_samples += seen
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "train_samples": seen,
+               "samples_per_s": seen / seconds if seconds > 0 else 0.0}
         result.history.append(row)
         if stopper.update(epoch, val_loss):
             result.state_dict = copy.deepcopy(net.state_dict())

@@ -239,3 +239,30 @@ def train_detector(frame: pd.DataFrame, config: EyeNetConfig, *, workers: int = 
     result = train_on_ray(detector, data, workers=workers, gpus=gpus, storage_path=storage_path,
                           max_epochs=max_epochs)
     return detector.finish(result, data)
+
+
+def flag_incidents(frame: pd.DataFrame, events: list[Any], tolerance_s: float) -> pd.DataFrame:
+    """Label samples within ``tolerance_s`` of a stored anomaly event of their device as 1,
+    so training leaves out the windows around incidents already found."""
+    from eyenet.telemetry import DEVICE, LABEL, TIMESTAMP, to_ms
+
+    frame = frame.copy()
+    label = pd.to_numeric(frame[LABEL], errors="coerce").fillna(0).to_numpy() if LABEL in frame \
+        else np.zeros(len(frame))
+    ts_ms = to_ms(pd.to_datetime(frame[TIMESTAMP], utc=True)).to_numpy()
+    devices = frame[DEVICE].astype(str).to_numpy()
+    for event in events:
+        if event.device_id is None:
+            continue
+        at = int(pd.Timestamp(event.ts).value // 1_000_000)
+        label[(devices == event.device_id) & (np.abs(ts_ms - at) <= tolerance_s * 1000)] = 1
+    frame[LABEL] = label.astype(np.int64)
+    return frame
+
+
+if __name__ == "__main__":
+    import sys
+
+    from eyenet.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,0 +1,98 @@
+"""Search the detector's hyperparameters with Ray Tune (ASHA); every trial trains on Ray Train.
+
+Ray 2.60 runs Train V2: a trial is a function trainable that builds a ``TorchTrainer`` and
+calls ``fit()``; ``TuneReportCallback`` forwards each epoch's metrics to Tune, so ASHA can
+stop poor trials early. The best trial's weights come back through its Train checkpoint,
+and the driver calibrates them into a detector exactly as an untuned run does.
+
+Run as a job: ``python -m jobs.train --train FILE.csv --tune --trials 8 --time-budget-s 600``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import pandas as pd
+
+from eyenet.config import EyeNetConfig
+from eyenet.detector import Detector
+from eyenet.errors import EyeNetError
+from jobs.train import fit_result_from_checkpoint, train_on_ray
+
+TUNED_FIELDS = ("hidden_size", "num_layers", "window_steps", "learning_rate", "dropout")
+
+
+def default_search_space() -> dict[str, Any]:
+    from ray import tune
+
+    return {"hidden_size": tune.choice([32, 64, 128]), "num_layers": tune.choice([1, 2]),
+            "window_steps": tune.choice([20, 30, 60]),
+            "learning_rate": tune.loguniform(3e-4, 3e-3), "dropout": tune.uniform(0.0, 0.3)}
+
+
+def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
+                  time_budget_s: float = 600.0, workers: int = 1, gpus: float = 0,
+                  max_epochs: int | None = None, search_space: dict[str, Any] | None = None,
+                  storage_path: str | None = None) -> tuple[Detector, dict[str, Any], list[dict[str, Any]]]:
+    """Returns (best fitted detector, its parameters, one summary row per trial)."""
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+    from ray.tune.schedulers import ASHAScheduler
+
+    if trials < 1:
+        raise EyeNetError(f"trials must be >= 1, got {trials}")
+    if time_budget_s <= 0:
+        raise EyeNetError(f"time budget must be > 0 s, got {time_budget_s}")
+    storage = storage_path or tempfile.mkdtemp(prefix="eyenet-tune-")
+    frame_ref = ray.put(frame)
+    base = config.detector.model_dump()
+    epochs = max_epochs or config.detector.max_epochs
+
+    def trial(params: dict[str, Any]) -> None:
+        detector = Detector(config.detector.model_validate({**base, **params}), config.metrics,
+                            config.gap_s)
+        data = detector.prepare(ray.get(frame_ref))
+        train_on_ray(detector, data, workers=workers, gpus=gpus, storage_path=storage,
+                     max_epochs=epochs, callbacks=[TuneReportCallback()],
+                     run_name=f"trial-{tune.get_context().get_trial_id()}")
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    tuner = tune.Tuner(
+        tune.with_resources(trial, {"CPU": 0}),  # the trial only drives; its Train workers hold CPUs
+        param_space=search_space or default_search_space(),
+        tune_config=tune.TuneConfig(
+            metric="val_loss", mode="min", num_samples=trials, time_budget_s=time_budget_s,
+            max_concurrent_trials=max(1, cpus // workers),
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                                    grace_period=min(3, epochs), reduction_factor=2)),
+        run_config=tune.RunConfig(storage_path=storage, name="eyenet-tune"))
+    grid = tuner.fit()
+    rows, best = [], None
+    for result in grid:
+        metrics = result.metrics or {}
+        row = {**{k: result.config.get(k) for k in TUNED_FIELDS},
+               "best_val_loss": metrics.get("best_val_loss"), "epochs": metrics.get("epoch", -1) + 1,
+               "error": str(result.error) if result.error else None}
+        rows.append(row)
+        if metrics.get(CHECKPOINT_PATH_KEY) and row["best_val_loss"] is not None and \
+                (best is None or row["best_val_loss"] < best[0]["best_val_loss"]):
+            best = (row, metrics[CHECKPOINT_PATH_KEY], result.config)
+    if best is None:
+        errors = [r["error"] for r in rows if r["error"]]
+        raise EyeNetError(f"no tuning trial finished an epoch within {time_budget_s} s"
+                          + (f"; first error: {errors[0]}" if errors else ""))
+    params = {k: best[2][k] for k in TUNED_FIELDS if k in best[2]}
+    detector = Detector(config.detector.model_validate({**base, **params}), config.metrics, config.gap_s)
+    data = detector.prepare(frame)
+    fitted = fit_result_from_checkpoint(ray.train.Checkpoint(best[1]))
+    return detector.finish(fitted, data), params, rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    from eyenet.cli import main
+
+    sys.exit(main(["train", "--tune", *sys.argv[1:]]))
