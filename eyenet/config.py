@@ -38,7 +38,7 @@ METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 RESERVED_METRIC_NAMES = {"device_id", "timestamp", "label", "ts_ms", "_id"}
 # Mapping-valued settings: read as JSON from the environment, leaves for source tracking.
 DICT_FIELDS = ("metric_max", "device_thresholds")
-OPTIONAL_FIELDS = ("max_gap_s", "webhook_url", "smoothing_steps", "rolling_s")
+OPTIONAL_FIELDS = ("max_gap_s", "webhook_url", "smoothing_steps", "rolling_s", "max_train_time_s")
 STORE_SCHEMES = ("sqlite:///", "mongodb://", "mongodb+srv://")
 
 
@@ -94,6 +94,9 @@ class DetectorConfig(_Section):
     max_epochs: int = Field(100, ge=1)
     patience_epochs: int = Field(10, ge=1, description="stop after this many epochs without improvement")
     min_delta: float = Field(1e-4, ge=0.0, description="smallest validation-loss gain that counts")
+    max_train_time_s: float | None = Field(
+        180.0, gt=0, description="stop after the epoch that crosses this much training time, "
+                                 "keeping the best weights; null for no limit")
     validation_fraction: float = Field(
         0.2, gt=0.0, lt=0.9, description="last share of each device's training history held "
                                          "out for early stopping, calibration and threshold")

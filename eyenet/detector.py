@@ -35,7 +35,7 @@ from eyenet.features import (
 )
 from eyenet.model import predict
 from eyenet.scoring import Calibrator, smoothed_errors, top_features
-from eyenet.telemetry import DEVICE, TIMESTAMP, from_ms, to_ms
+from eyenet.telemetry import DEVICE, TIMESTAMP, from_ms, parse_timestamps, to_ms
 from eyenet.training import FitResult, build_net, fit_in_process
 
 WEIGHTS_FILE, META_FILE, REFERENCE_FILE = "weights.pt", "detector.json", "reference.json"
@@ -118,7 +118,10 @@ class Detector:
         self.net.eval()
         val = data.features.select(np.flatnonzero(data.val_rows))
         raw, _, scored = self._raw_scores(val, self.scaler.transform(val.values), val.segments)
-        normal = scored & ~val.flagged
+        # rows whose window or smoothing memory holds a labelled incident are not normal
+        touched = np.convolve(val.flagged.astype(np.int64),
+                              np.ones(self.config.window_steps + self.config.smoothing, np.int64))[:len(val)]
+        normal = scored & (touched == 0)
         if self.config.objective == "forecast":
             self.calibrator = Calibrator.fit(raw[normal], risk=self.config.threshold_risk,
                                              init_quantile=self.config.threshold_init_quantile)
@@ -141,14 +144,16 @@ class Detector:
         history in their segment get score 0 and no features.
         """
         self._require_fitted()
+        frame_keys = _keys(frame)
+        if history is not None and not history.empty:
+            # rows present in both are the frame's own; history only adds earlier context
+            history = history[~_keys(history).isin(frame_keys)]
         context = frame if history is None or history.empty else pd.concat(
             [history[[c for c in frame.columns if c in history.columns]], frame], ignore_index=True)
         feats = self.features(context)
         own = np.ones(len(feats), bool)
         if context is not frame:
-            seen = pd.MultiIndex.from_arrays([frame[DEVICE].astype(str).to_numpy(),
-                                              to_ms(pd.to_datetime(frame[TIMESTAMP], utc=True)).to_numpy()])
-            own = pd.MultiIndex.from_arrays([feats.device_ids, feats.timestamps_ms]).isin(seen)
+            own = pd.MultiIndex.from_arrays([feats.device_ids, feats.timestamps_ms]).isin(frame_keys)
         raw, contrib, scored = self._raw_scores(feats, self.scaler.transform(feats.values), feats.segments)
         score = np.where(scored, self._calibrate(raw), 0.0)
         thresholds = np.array([self.config.device_thresholds.get(d, 0.5) for d in feats.device_ids]) \
@@ -219,15 +224,23 @@ class Detector:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(f"{path / META_FILE} has format_version {meta.get('format_version')}, "
                                 f"this EyeNet reads {FORMAT_VERSION}")
-        det = cls(DetectorConfig.model_validate(meta["config"]), meta["metrics"], meta["gap_s"])
-        det.feature_names = meta["feature_names"]
-        det.scaler = Scaler.from_dict(meta["scaler"])
-        det.calibrator = Calibrator.from_dict(meta["calibration"])
-        det.training, det.reference = meta.get("training", {}), reference
-        det.net = build_net(det.config, len(det.feature_names))
-        det.net.load_state_dict(load_weights(path / WEIGHTS_FILE))
+        try:
+            det = cls(DetectorConfig.model_validate(meta["config"]), meta["metrics"], meta["gap_s"])
+            det.feature_names = meta["feature_names"]
+            det.scaler = Scaler.from_dict(meta["scaler"])
+            det.calibrator = Calibrator.from_dict(meta["calibration"])
+            det.training, det.reference = meta.get("training", {}), reference
+            det.net = build_net(det.config, len(det.feature_names))
+            det.net.load_state_dict(load_weights(path / WEIGHTS_FILE))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"detector in {path} is inconsistent: {type(exc).__name__}: {exc}") from exc
         det.net.eval()
         return det
+
+
+def _keys(frame: pd.DataFrame) -> pd.MultiIndex:
+    return pd.MultiIndex.from_arrays([frame[DEVICE].astype(str).to_numpy(),
+                                      to_ms(parse_timestamps(frame[TIMESTAMP])).to_numpy()])
 
 
 def _tail_rows(devices: np.ndarray, fraction: float) -> np.ndarray:

@@ -34,7 +34,7 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from eyenet.errors import TelemetryError
-from eyenet.telemetry import DEVICE, LABEL, TIMESTAMP, to_ms
+from eyenet.telemetry import DEVICE, LABEL, TIMESTAMP, parse_timestamps, to_ms
 
 RATIO_FEATURES = {"bytes_per_packet_in": ("bytes_in", "packets_in"),
                   "bytes_per_packet_out": ("bytes_out", "packets_out")}
@@ -96,16 +96,18 @@ def build_features(frame: pd.DataFrame, metrics: list[str], *, gap_s: float,
         raise TelemetryError(f"telemetry frame lacks column(s) {missing}; it has {list(frame.columns)}")
     if frame.empty:
         raise TelemetryError("telemetry frame has no rows")
-    try:
-        all_ms = to_ms(pd.to_datetime(frame[TIMESTAMP], utc=True)).to_numpy()
-    except (ValueError, TypeError) as exc:
-        raise TelemetryError(f"column {TIMESTAMP!r} holds values that are not timestamps: {exc}") from exc
+    stamps = parse_timestamps(frame[TIMESTAMP])  # numbers are epoch seconds, as everywhere
+    if stamps.isna().any():
+        row = int(np.flatnonzero(stamps.isna().to_numpy())[0])
+        raise TelemetryError(f"column {TIMESTAMP!r} row {row} holds {frame[TIMESTAMP].iloc[row]!r}, "
+                             "not a timestamp")
+    all_ms = to_ms(stamps).to_numpy()
     order = np.lexsort((all_ms, frame[DEVICE].astype(str).to_numpy()))
     data = frame.iloc[order]
     devices = data[DEVICE].astype(str).to_numpy()
     ts_ms = all_ms[order]
     try:
-        raw = data[metrics].apply(pd.to_numeric, errors="raise").to_numpy(np.float64)
+        raw = data[metrics].apply(pd.to_numeric, errors="raise").to_numpy(np.float64, copy=True)
     except (ValueError, TypeError) as exc:
         raise TelemetryError(f"metric columns must be numeric: {exc}") from exc
     raw[~np.isfinite(raw)] = np.nan

@@ -96,6 +96,10 @@ def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int,
         yield xt[idx], yt[idx]
 
 
+def out_of_time(config: DetectorConfig, elapsed_s: float) -> bool:
+    return config.max_train_time_s is not None and elapsed_s >= config.max_train_time_s
+
+
 @dataclass
 class FitResult:
     state_dict: dict[str, torch.Tensor]
@@ -133,7 +137,7 @@ def fit_in_process(config: DetectorConfig, train: tuple[np.ndarray, np.ndarray],
             result.state_dict = copy.deepcopy(net.state_dict())
         if on_epoch:
             on_epoch(row)
-        if stopper.should_stop:
+        if stopper.should_stop or out_of_time(config, time.perf_counter() - started):
             break
     result.best_epoch, result.best_val_loss = stopper.best_epoch, stopper.best
     result.train_seconds = time.perf_counter() - started

@@ -40,17 +40,17 @@ def fit_detector(train: pd.DataFrame, config: EyeNetConfig, *, source: str, tune
     from jobs.train import train_on_ray
     from jobs.tune import tune_detector
 
-    ensure_ray()
-    try:
-        if tune:
-            detector, params, trials_table = tune_detector(
-                train, config, trials=trials, time_budget_s=time_budget_s, workers=workers,
-                gpus=gpus, max_epochs=max_epochs)
-            return detector, {"tuned_params": params, "trials": trials_table}
-        detector = Detector(config.detector, config.metrics, config.gap_s)
+    detector = Detector(config.detector, config.metrics, config.gap_s)
+    try:  # checks the data before Ray starts; a tuned trial prepares its own window size
         data = detector.prepare(train)
     except TelemetryError as exc:
         raise TelemetryError(f"{source}: {exc}") from exc
+    ensure_ray()
+    if tune:
+        detector, params, trials_table = tune_detector(
+            train, config, trials=trials, time_budget_s=time_budget_s, workers=workers,
+            gpus=gpus, max_epochs=max_epochs)
+        return detector, {"tuned_params": params, "trials": trials_table}
     result = train_on_ray(detector, data, workers=workers, gpus=gpus, max_epochs=max_epochs)
     return detector.finish(result, data), {}
 

@@ -32,7 +32,15 @@ from eyenet.detector import Detector, TrainingData
 from eyenet.errors import EyeNetError
 from eyenet.features import window_targets, windows_at
 from eyenet.model import loss_fn
-from eyenet.training import EarlyStopping, FitResult, build_net, eval_loss, seed_everything, train_epoch
+from eyenet.training import (
+    EarlyStopping,
+    FitResult,
+    build_net,
+    eval_loss,
+    out_of_time,
+    seed_everything,
+    train_epoch,
+)
 
 CHUNK_TARGETS = 2048
 STATE_FILE = "state.pt"
@@ -147,6 +155,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         best_state, history = saved["best"], saved["history"]
         start_epoch = resumed_from = int(saved["epoch"]) + 1
     fault = loop_config.get("fault_injection") or {}
+    loop_started = time.perf_counter()
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     for epoch in range(start_epoch, max_epochs):
@@ -159,10 +168,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                        optimizer, loss)
         seconds = time.perf_counter() - started
         val_loss, val_seen = eval_loss(net, _batches(val_shard, EVAL_BATCH, device, False), loss)
-        if world > 1:  # every rank must take the same early-stopping decision
-            totals = torch.tensor([val_loss * val_seen, val_seen, seen], dtype=torch.float64)
+        # the time budget counts from this (re)start: a resumed run gets a fresh allowance
+        late = out_of_time(cfg, time.perf_counter() - loop_started)
+        if world > 1:  # every rank must take the same stopping decisions
+            totals = torch.tensor([val_loss * val_seen, val_seen, seen, float(late)], dtype=torch.float64)
             torch.distributed.all_reduce(totals)
-            val_loss, seen = float(totals[0] / max(totals[1], 1)), int(totals[2])
+            val_loss, seen, late = float(totals[0] / max(totals[1], 1)), int(totals[2]), bool(totals[3])
         if stopper.update(epoch, val_loss):
             best_state = copy.deepcopy(base.state_dict())
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
@@ -180,7 +191,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(row)
-        if stopper.should_stop:
+        if stopper.should_stop or late:
             break
 
 

@@ -20,6 +20,7 @@ from eyenet.detector import Detector
 from eyenet.errors import EyeNetError
 from jobs.train import fit_result_from_checkpoint, train_on_ray
 
+TRIAL_DRIVER_CPU = 0.01
 TUNED_FIELDS = ("hidden_size", "num_layers", "window_steps", "learning_rate", "dropout")
 
 
@@ -60,11 +61,12 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     tuner = tune.Tuner(
-        tune.with_resources(trial, {"CPU": 0}),  # the trial only drives; its Train workers hold CPUs
+        # the trial only drives; its Train workers hold the CPUs (Tune refuses an empty request)
+        tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPU}),
         param_space=search_space or default_search_space(),
         tune_config=tune.TuneConfig(
             metric="val_loss", mode="min", num_samples=trials, time_budget_s=time_budget_s,
-            max_concurrent_trials=max(1, cpus // workers),
+            max_concurrent_trials=max(1, int(cpus // (workers + TRIAL_DRIVER_CPU))),
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                                     grace_period=min(3, epochs), reduction_factor=2)),
         run_config=tune.RunConfig(storage_path=storage, name="eyenet-tune"))

@@ -24,23 +24,6 @@ from eyenet.features import (
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 
 
-def _float_frames_crash() -> bool:
-    """True while build_features cannot take a frame of float metrics at all (see
-    test_float_metric_columns_are_accepted); the tests marked ``needs_float_frames`` run
-    normally once that is fixed."""
-    frame = pd.DataFrame({"device_id": ["a"], "timestamp": [T0], "x": [1.0]})
-    try:
-        build_features(frame, ["x"], gap_s=1)
-    except ValueError as exc:
-        return "read-only" in str(exc)
-    return False
-
-
-READONLY_BUG = ("BUG: features.py build_features writes into the read-only array that "
-                "DataFrame.to_numpy returns under pandas 3 copy-on-write")
-needs_float_frames = pytest.mark.xfail(_float_frames_crash(), reason=READONLY_BUG, strict=True)
-
-
 def frame(seconds, device="a", **metrics) -> pd.DataFrame:
     """One device's samples at ``seconds`` after T0, float metrics."""
     data = {"device_id": device, "timestamp": T0 + pd.to_timedelta(np.asarray(seconds, float), unit="s")}
@@ -54,15 +37,13 @@ def column(feats, name) -> np.ndarray:
 
 # -- build_features -------------------------------------------------------------------------
 
-@pytest.mark.xfail(reason=READONLY_BUG + " ('ValueError: assignment destination is read-only')",
-                   strict=True)
 def test_float_metric_columns_are_accepted():
-    """A plain frame of float metrics (what every collector and store returns) builds."""
+    """A plain frame of float metrics builds (regression: under pandas 3 copy-on-write the
+    metric array was a read-only view and marking non-finite values raised ValueError)."""
     feats = build_features(frame([0, 1, 2], x=[1.0, 2.0, 3.0]), ["x"], gap_s=5)
     assert feats.values[:, 0].tolist() == [1.0, 2.0, 3.0]
 
 
-@needs_float_frames
 def test_rows_are_ordered_by_device_then_time():
     """Shuffled input comes out sorted by device, then timestamp, values following their rows."""
     data = pd.concat([frame([0, 1, 2], "b", x=[10.0, 11.0, 12.0]),
@@ -76,7 +57,6 @@ def test_rows_are_ordered_by_device_then_time():
     assert feats.timestamps_ms[0] == T0.value // 1_000_000 + 5000
 
 
-@needs_float_frames
 def test_bytes_per_packet_is_zero_without_packets():
     """bytes/packets per direction; zero packets gives 0, never inf or NaN."""
     metrics = ["bytes_in", "bytes_out", "packets_in", "packets_out"]
@@ -96,7 +76,6 @@ def test_ratio_features_need_both_halves():
     assert feature_names(["bytes_in", "bytes_out", "latency"]) == ["bytes_in", "bytes_out", "latency"]
 
 
-@needs_float_frames
 def test_missing_values_take_the_previous_value_within_a_segment():
     """NaN and inf take the device's previous value; nothing is carried over a gap or to
     another device, where a segment that starts missing stays missing (0 once scaled)."""
@@ -115,7 +94,6 @@ def test_missing_values_take_the_previous_value_within_a_segment():
     assert scaled[4, 0] == 0.0 and scaled[6, 0] == 0.0
 
 
-@needs_float_frames
 def test_missing_ratio_inputs_are_missing_not_zero():
     """A ratio whose inputs are still missing (segment starts empty) is missing too."""
     data = frame([0, 1], bytes_in=[np.nan, 800.0], packets_in=[np.nan, 8.0])
@@ -124,7 +102,6 @@ def test_missing_ratio_inputs_are_missing_not_zero():
     assert np.isnan(ratio[0]) and ratio[1] == 100.0
 
 
-@needs_float_frames
 def test_a_gap_longer_than_gap_s_starts_a_new_segment():
     """Segments change at every silence longer than gap_s (not equal to it) and every device."""
     data = pd.concat([frame([0, 5, 10, 16, 17], "a", x=np.ones(5)),
@@ -133,7 +110,6 @@ def test_a_gap_longer_than_gap_s_starts_a_new_segment():
     assert feats.segments.tolist() == [0, 0, 0, 1, 1, 2, 2]
 
 
-@needs_float_frames
 def test_label_one_rows_are_flagged():
     """label=1 flags a row; 0, missing and absent labels do not."""
     data = frame([0, 1, 2, 3], x=[1.0, 2.0, 3.0, 4.0])
@@ -143,7 +119,6 @@ def test_label_one_rows_are_flagged():
     assert not unlabelled.flagged.any()
 
 
-@needs_float_frames
 def test_rolling_mean_and_std_over_the_last_rolling_s_seconds():
     """rolling_s adds <m>_mean_<s>s and <m>_std_<s>s over (t - rolling_s, t], per segment."""
     data = frame([0, 1, 2, 3, 10, 11], x=[1.0, 2.0, 3.0, 4.0, 10.0, 20.0], y=np.zeros(6))
@@ -191,8 +166,6 @@ def test_unparsable_timestamps_are_an_error():
         build_features(data, ["x"], gap_s=5)
 
 
-@pytest.mark.xfail(reason="BUG: features.py build_features turns a missing timestamp (None/NaT) into "
-                          "int64-min milliseconds (year 1677) instead of raising", strict=True)
 def test_missing_timestamps_are_an_error():
     """A missing timestamp cannot be placed in time: TelemetryError, not a row in 1677."""
     data = pd.DataFrame({"device_id": ["a", "a"], "timestamp": [T0, None], "x": [1.0, 2.0]})
@@ -200,7 +173,15 @@ def test_missing_timestamps_are_an_error():
         build_features(data, ["x"], gap_s=5)
 
 
-@needs_float_frames
+def test_numeric_timestamps_are_epoch_seconds():
+    """Numbers in the timestamp column are epoch seconds, as everywhere else in EyeNet."""
+    data = pd.DataFrame({"device_id": "a", "timestamp": [1_700_000_000, 1_700_000_001, 1_700_000_100],
+                         "x": [1.0, 2.0, 3.0]})
+    feats = build_features(data, ["x"], gap_s=5)
+    assert feats.timestamps_ms.tolist() == [1_700_000_000_000, 1_700_000_001_000, 1_700_000_100_000]
+    assert feats.segments.tolist() == [0, 0, 1]
+
+
 def test_one_metric_and_thirty_eight_metrics():
     """Any metric list works: shapes follow the metric count, rolling adds two per metric."""
     for n in (1, 38):

@@ -1,0 +1,88 @@
+"""``eyenet detect`` refuses bad CSVs before Ray starts, naming the file/column/row, and
+writes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eyenet.cli import main
+
+
+def write(path, rows=200, **overrides):
+    frame = pd.DataFrame({
+        "timestamp": pd.date_range("2026-01-01", periods=rows, freq="60s", tz="UTC").strftime(
+            "%Y-%m-%dT%H:%M:%SZ"),
+        "a": np.sin(np.arange(rows) / 5.0), "b": np.cos(np.arange(rows) / 7.0)})
+    for col, value in overrides.items():
+        frame[col] = value
+    frame.to_csv(path, index=False)
+    return path
+
+
+def run(tmp_path, capsys, train, test=None):
+    out = tmp_path / "out.csv"
+    code = main(["detect", "--train", str(train), "--test", str(test or write(tmp_path / "test.csv")),
+                 "--out", str(out), "--store", f"sqlite:///{tmp_path}/s.db"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert not out.exists(), "a failed detect must not leave an output file"
+    assert not list(tmp_path.glob(".eyenet-detect-*")), "no temporary file may be left behind"
+    return err
+
+
+def test_missing_file(tmp_path, capsys):
+    assert "no such file" in run(tmp_path, capsys, tmp_path / "nope.csv")
+
+
+def test_header_without_rows(tmp_path, capsys):
+    path = tmp_path / "train.csv"
+    path.write_text("timestamp,a,b\n")
+    err = run(tmp_path, capsys, path)
+    assert "train.csv" in err and "no rows" in err
+
+
+def test_missing_timestamp_column(tmp_path, capsys):
+    path = tmp_path / "train.csv"
+    pd.DataFrame({"a": [1, 2]}).to_csv(path, index=False)
+    assert "no 'timestamp' column" in run(tmp_path, capsys, path)
+
+
+def test_non_numeric_value_names_column_and_row(tmp_path, capsys):
+    values = np.arange(200.0).astype(object)
+    values[7] = "oops"
+    err = run(tmp_path, capsys, write(tmp_path / "train.csv", b=values))
+    assert "column 'b' row 9" in err and "'oops'" in err
+
+
+def test_test_file_missing_a_training_metric(tmp_path, capsys):
+    test = tmp_path / "test.csv"
+    write(test).read_text()
+    pd.read_csv(test).drop(columns=["b"]).to_csv(test, index=False)
+    err = run(tmp_path, capsys, write(tmp_path / "train.csv"), test)
+    assert "test.csv" in err and "missing metric column(s) ['b']" in err
+
+
+def test_only_constant_columns(tmp_path, capsys):
+    err = run(tmp_path, capsys, write(tmp_path / "train.csv", a=1.0, b=2.0))
+    assert "every metric column is constant" in err
+
+
+def test_fewer_rows_than_one_window(tmp_path, capsys):
+    err = run(tmp_path, capsys, write(tmp_path / "train.csv", rows=20))
+    assert "train.csv" in err and "not enough history" in err
+
+
+def test_bad_timestamp_names_the_row(tmp_path, capsys):
+    stamps = pd.date_range("2026-01-01", periods=200, freq="60s", tz="UTC").astype(str).tolist()
+    stamps[3] = "yesterday-ish"
+    err = run(tmp_path, capsys, write(tmp_path / "train.csv", timestamp=stamps))
+    assert "row 5" in err and "not a timestamp" in err
+
+
+@pytest.mark.parametrize("flag,value", [("--workers", "0"), ("--gpus", "-1")])
+def test_bad_worker_counts(tmp_path, capsys, flag, value):
+    code = main(["detect", "--train", "x.csv", "--test", "y.csv", "--out", str(tmp_path / "o.csv"),
+                 flag, value])
+    assert code == 2 and flag.lstrip("-") in capsys.readouterr().err
