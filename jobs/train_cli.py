@@ -27,7 +27,7 @@ def run_train(args: argparse.Namespace, config: EyeNetConfig, **train_kw: Any) -
             raise TelemetryError(f"{source}: no samples to train on")
         frame = flag_incidents(frame, store.list_events(args.since, args.until, kind="anomaly",
                                                         limit=100_000),
-                               tolerance_s=config.sample_interval_s)
+                               tolerance_s=config.sample_interval_s / 2)  # the event's own sample
     detector, extra = fit_detector(frame, config, source=source, tune=args.tune, trials=args.trials,
                                    time_budget_s=args.time_budget_s, **train_kw)
     with tempfile.TemporaryDirectory() as tmp:

@@ -125,3 +125,27 @@ def test_detect_cli_writes_one_row_per_test_row_in_order(tmp_path):
     assert (pd.to_datetime(out["timestamp"]) == pd.to_datetime(test["timestamp"]).to_numpy()).all()
     assert out["score"].between(0, 1).all() and set(out["is_anomaly"]) <= {0, 1}
     assert set(out["top_feature"].dropna()) <= {*METRICS, "bytes_per_packet_in"}
+
+
+def test_train_cli_from_store_leaves_out_incidents_and_registers_staging(tmp_path, capsys):
+    from eyenet.cli import main
+    from eyenet.store.base import Event
+
+    uri = f"sqlite:///{tmp_path}/s.db"
+    store = open_store(uri)
+    frame = fleet(rows=300)
+    store.write_samples(frame)
+    incident_at = frame["timestamp"].iloc[100]
+    store.upsert_event(Event(kind="anomaly", message="known incident", device_id="dev-0", ts=incident_at))
+    (tmp_path / "cfg.yaml").write_text(
+        "metrics: [bytes_in, packets_in, latency]\ncounter_metrics: []\n"
+        "detector:\n  hidden_size: 8\n  num_layers: 1\n  window_steps: 8\n  max_epochs: 2\n")
+    code = main(["train", "--from-store", "--config", str(tmp_path / "cfg.yaml"), "--store", uri,
+                 "--artifact-root", str(tmp_path / "artifacts")])
+    assert code == 0, capsys.readouterr().err
+    registry = ModelRegistry(store, tmp_path / "artifacts")
+    mv = registry.latest()
+    assert mv.version == 1 and mv.state == "staging" and mv.metrics["epochs"] == 2
+    detector = Detector.load(registry.fetch(mv.name, mv.version))
+    assert detector.training["excluded_flagged_rows"] == 1
+    assert set(detector.reference) == set(detector.feature_names)

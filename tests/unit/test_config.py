@@ -93,3 +93,14 @@ def test_metric_limits():
     assert c.metric_limit("packets_in") == 2e9
     custom = EyeNetConfig(metrics=["hits"], counter_metrics=["hits"])
     assert custom.metric_limit("hits") == custom.max_counter_rate_per_s
+
+
+def test_detector_settings_are_validated_with_the_field_named():
+    with pytest.raises(ConfigError, match=r"detector.window_steps = '1', from EYENET_DETECTOR__WINDOW_STEPS"):
+        load_config(env={"EYENET_DETECTOR__WINDOW_STEPS": "1"})
+    with pytest.raises(ConfigError, match="device_thresholds must lie strictly between 0 and 1"):
+        load_config(env={"EYENET_DETECTOR__DEVICE_THRESHOLDS": '{"r1": 1.5}'})
+    cfg = load_config(env={"EYENET_DETECTOR__DEVICE_THRESHOLDS": '{"r1": 0.8}',
+                           "EYENET_DETECTOR__MAX_TRAIN_TIME_S": "none"})
+    assert cfg.detector.device_thresholds == {"r1": 0.8} and cfg.detector.max_train_time_s is None
+    assert cfg.detector.smoothing == cfg.detector.window_steps

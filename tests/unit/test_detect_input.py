@@ -86,3 +86,17 @@ def test_bad_worker_counts(tmp_path, capsys, flag, value):
     code = main(["detect", "--train", "x.csv", "--test", "y.csv", "--out", str(tmp_path / "o.csv"),
                  flag, value])
     assert code == 2 and flag.lstrip("-") in capsys.readouterr().err
+
+
+def test_stored_anomaly_events_flag_their_samples_for_exclusion():
+    from eyenet.store.base import Event
+    from jobs.train import flag_incidents
+
+    frame = pd.DataFrame({"device_id": ["a", "a", "a", "b"],
+                          "timestamp": pd.to_datetime([0, 1, 2, 1], unit="s", utc=True),
+                          "x": [1.0, 2.0, 3.0, 4.0]})
+    events = [Event(kind="anomaly", message="m", device_id="a", ts=frame["timestamp"].iloc[1]),
+              Event(kind="anomaly", message="fleet-wide, no device", ts=frame["timestamp"].iloc[0])]
+    flagged = flag_incidents(frame, events, tolerance_s=0.5)
+    assert flagged["label"].tolist() == [0, 1, 0, 0]
+    assert "label" not in frame.columns, "the input frame is not modified"
