@@ -79,7 +79,7 @@ def _train_kw(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}", "workers", args.workers)
     if args.gpus < 0:
         raise ConfigError(f"--gpus must be >= 0, got {args.gpus}", "gpus", args.gpus)
-    return {"workers": args.workers, "gpus": args.gpus, "max_epochs": args.max_epochs}
+    return {"workers": args.workers, "gpus": args.gpus, "max_epochs": getattr(args, "max_epochs", None)}
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -121,6 +121,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "train":
         from jobs.bench_train import run_train_bench
 
+        _train_kw(args)  # checks --workers and --gpus
         result = run_train_bench(rows=args.rows, metrics=args.metrics, epochs=args.epochs,
                                  workers=args.workers, gpus=args.gpus, batch_size=args.batch_size or 32)
     else:
@@ -192,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("bench", parents=[common, training],
-                       help="benchmarks; prints figures (and ratios)")
+    p = sub.add_parser("bench", parents=[common], help="benchmarks; prints figures (and ratios)")
     p.add_argument("what", choices=["store", "train"], help="what to measure")
+    p.add_argument("--workers", type=int, default=1, help="train: Ray Train workers")
+    p.add_argument("--gpus", type=float, default=0, help="train: GPUs in total across workers")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--uri", help="store to measure (default: a fresh SQLite file)")
     p.add_argument("--devices", type=int, default=1000)

@@ -121,10 +121,12 @@ def store_chunk_dataset(store_uri: str, detector: Detector, devices: list[str], 
     return ray.data.from_items(specs).map_batches(load, batch_size=1)
 
 
-def _batches(shard: Any, batch_size: int, device: torch.device, shuffle: bool) -> Any:
+def _batches(shard: Any, batch_size: int, device: torch.device, seed: int | None) -> Any:
+    """Batches of a dataset shard; shuffled in a local buffer when a seed is given."""
     for batch in shard.iter_torch_batches(
             batch_size=batch_size, dtypes=torch.float32, device=device,
-            local_shuffle_buffer_size=SHUFFLE_BUFFER_WINDOWS if shuffle else None):
+            local_shuffle_buffer_size=SHUFFLE_BUFFER_WINDOWS if seed is not None else None,
+            local_shuffle_seed=seed):
         yield batch["x"], batch["y"]
 
 
@@ -137,6 +139,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     max_epochs = loop_config.get("max_epochs") or cfg.max_epochs
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Ray pins a 1-CPU worker to one thread; on CPU, the workers of a node share its cores
+    # as a plain process would use them all (Ray Data's expansion tasks are light).
+    if not loop_config.get("gpus"):
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
     seed_everything(cfg.seed)
     base = build_net(cfg, loop_config["n_features"])
     net = ray.train.torch.prepare_model(base)
@@ -163,11 +169,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             Path(fault["marker"]).touch()  # die once, as a crashed worker would
             os._exit(1)
         started = time.perf_counter()
-        torch.manual_seed(cfg.seed + epoch)
-        train_loss, seen = train_epoch(net, _batches(train_shard, cfg.batch_size, device, True),
+        torch.manual_seed(cfg.seed + epoch)  # dropout masks repeat run to run
+        train_loss, seen = train_epoch(net, _batches(train_shard, cfg.batch_size, device,
+                                                     hash((cfg.seed, epoch, rank)) % 2**31),
                                        optimizer, loss)
         seconds = time.perf_counter() - started
-        val_loss, val_seen = eval_loss(net, _batches(val_shard, EVAL_BATCH, device, False), loss)
+        val_loss, val_seen = eval_loss(net, _batches(val_shard, EVAL_BATCH, device, None), loss)
         # the time budget counts from this (re)start: a resumed run gets a fresh allowance
         late = out_of_time(cfg, time.perf_counter() - loop_started)
         if world > 1:  # every rank must take the same stopping decisions
@@ -217,7 +224,7 @@ def train_on_ray(detector: Detector, data: TrainingData, *, workers: int = 1, gp
         train_loop_per_worker,
         train_loop_config={"detector": cfg.model_dump(mode="json"),
                            "n_features": data.scaled.shape[1], "max_epochs": max_epochs,
-                           "fault_injection": fault_injection},
+                           "fault_injection": fault_injection, "gpus": gpus},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus),
                                      resources_per_worker=resources),
         run_config=RunConfig(
