@@ -81,9 +81,12 @@ class Detector:
         feats = self.features(frame)
         self.feature_names = feats.names
         val_rows = _tail_rows(feats.device_ids, cfg.validation_fraction)
-        fit_rows = ~val_rows & ~feats.flagged
+        fit_rows = ~feats.flagged
         if not fit_rows.any():
             raise TelemetryError("no unflagged training rows left to fit the scaler on")
+        # The scaler sees the whole training history, held-out tail included: a metric that
+        # only starts moving late in training must not look like a 50-sigma event to the
+        # calibration (test data never reaches it).
         self.scaler = Scaler.fit(feats.values[fit_rows])
         scaled = self.scaler.transform(feats.values)
         # held-out rows start new segments so no window mixes training and validation rows

@@ -78,7 +78,7 @@ class Baseline:
     def fit(self, train: FeatureFrame) -> Baseline:
         usable = train.select(np.flatnonzero(~train.flagged))
         held = _tail_mask(len(usable), self.config.validation_fraction)
-        self.scaler = Scaler.fit(usable.values[~held])
+        self.scaler = Scaler.fit(usable.values)  # the same rule as the detector's scaler
         x = self.scaler.transform(usable.values)
         if self.kind == "pca":
             self.model = PCA(n_components=PCA_VARIANCE if x.shape[1] > 1 else 1,
