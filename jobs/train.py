@@ -44,7 +44,7 @@ from eyenet.training import (
 
 CHUNK_TARGETS = 2048
 STATE_FILE = "state.pt"
-SHUFFLE_BUFFER_WINDOWS = 4096
+STREAM_WINDOWS = 4096
 EVAL_BATCH = 1024
 
 
@@ -122,12 +122,22 @@ def store_chunk_dataset(store_uri: str, detector: Detector, devices: list[str], 
 
 
 def _batches(shard: Any, batch_size: int, device: torch.device, seed: int | None) -> Any:
-    """Batches of a dataset shard; shuffled in a local buffer when a seed is given."""
-    for batch in shard.iter_torch_batches(
-            batch_size=batch_size, dtypes=torch.float32, device=device,
-            local_shuffle_buffer_size=SHUFFLE_BUFFER_WINDOWS if seed is not None else None,
+    """Mini-batches of a dataset shard; shuffled when a seed is given.
+
+    Ray Data hands over large blocks (``STREAM_WINDOWS``), shuffled in a local buffer, and
+    the worker cuts them into mini-batches itself: fetching each 32-window batch from Ray
+    Data costs more than the forward and backward pass it feeds.
+    """
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    for block in shard.iter_torch_batches(
+            batch_size=STREAM_WINDOWS, dtypes=torch.float32,
+            local_shuffle_buffer_size=2 * STREAM_WINDOWS if seed is not None else None,
             local_shuffle_seed=seed):
-        yield batch["x"], batch["y"]
+        x, y = block["x"], block["y"]
+        order = torch.randperm(len(x), generator=generator) if generator is not None else None
+        for i in range(0, len(x), batch_size):
+            idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
+            yield x[idx].to(device), y[idx].to(device)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
