@@ -113,7 +113,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for key, table in result["mean"].items():
             print(f"mean {key:24} " + " ".join(
                 f"{k}={table[k]:.3f}" for k in ("auprc", "f1", "precision", "recall", "event_recall",
-                                                "oracle_best_f1", "point_adjusted_f1") if k in table))
+                                                "oracle_best_f1", "point_adjusted_f1",
+                                                "attribution_hit_rate") if k in table))
     return 0
 
 

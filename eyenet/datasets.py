@@ -91,6 +91,17 @@ def load_smd(machine_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     return train, test, metrics
 
 
+def smd_segments(machine_dir: Path) -> list[tuple[int, int, set[str]]]:
+    """Labelled segments of an SMD machine's test file: [start, end) rows and blamed metrics.
+
+    segments.csv gives inclusive row ranges and space-separated metric names."""
+    path = machine_dir / "segments.csv"
+    if not path.exists():
+        return []
+    seg = pd.read_csv(path)
+    return [(int(r.start), int(r.end) + 1, set(str(r.metrics).split())) for r in seg.itertuples()]
+
+
 def nab_series(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(Path(root, "nab", "realAWSCloudwatch").glob("*.csv"))
 

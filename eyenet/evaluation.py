@@ -67,6 +67,18 @@ def score_series(labels: np.ndarray, raw_score: np.ndarray, decision: np.ndarray
     return out
 
 
+def attribution_hit_rate(decision: np.ndarray, top_feature: np.ndarray,
+                         segments: list[tuple[int, int, set[str]]]) -> float | None:
+    """Share of flagged rows inside labelled segments whose top feature is one of the
+    metrics the operators blamed for that segment (SMD's segments.csv)."""
+    hits, flagged = 0, 0
+    for start, end, blamed in segments:
+        rows = np.flatnonzero(decision[start:end]) + start
+        flagged += len(rows)
+        hits += sum(top_feature[r] in blamed for r in rows)
+    return hits / flagged if flagged else None
+
+
 class Baseline:
     """IsolationForest or PCA reconstruction error on the detector's scaled features."""
 

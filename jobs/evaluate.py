@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.datasets import load_nab, load_smd, nab_series, smd_machines
+from eyenet.datasets import load_nab, load_smd, nab_series, smd_machines, smd_segments
 from eyenet.errors import EyeNetError
-from eyenet.evaluation import Baseline, mean_table, score_series
+from eyenet.evaluation import Baseline, attribution_hit_rate, mean_table, score_series
+from eyenet.features import metric_of
 from eyenet.telemetry import LABEL
 from jobs.detect import config_for, fit_detector
 
@@ -25,7 +26,9 @@ MODELS = ("eyenet", "isolation_forest", "pca")
 
 
 def evaluate_series(name: str, dataset: str, train: pd.DataFrame, test: pd.DataFrame,
-                    metrics: list[str], config: EyeNetConfig, **train_kw: Any) -> list[dict[str, Any]]:
+                    metrics: list[str], config: EyeNetConfig,
+                    blamed: list[tuple[int, int, set[str]]] | None = None,
+                    **train_kw: Any) -> list[dict[str, Any]]:
     cfg = config_for(config, metrics, train)
     started = time.perf_counter()
     detector, _ = fit_detector(train, cfg, source=name, **train_kw)
@@ -35,6 +38,9 @@ def evaluate_series(name: str, dataset: str, train: pd.DataFrame, test: pd.DataF
              **score_series(test_feats.flagged, scored["raw_score"].to_numpy(),
                             scored["is_anomaly"].to_numpy()),
              "seconds": time.perf_counter() - started, "epochs": detector.training.get("epochs")}]
+    if blamed:
+        top = np.array([metric_of(f, metrics) if f else "" for f in scored["top_feature"]], dtype=object)
+        rows[0]["attribution_hit_rate"] = attribution_hit_rate(scored["is_anomaly"].to_numpy(), top, blamed)
     for kind in ("isolation_forest", "pca"):
         started = time.perf_counter()
         raw, decision = Baseline(kind, cfg.detector).fit(train_feats).score(test_feats)
@@ -60,7 +66,8 @@ def run_evaluation(root: str, config: EyeNetConfig, *, datasets: tuple[str, ...]
     rows: list[dict[str, Any]] = []
     for dataset, name, path in jobs:
         train, test, metrics = load_smd(path) if dataset == "smd" else load_nab(path)
-        rows += evaluate_series(name, dataset, train, test, metrics, config, **train_kw)
+        blamed = smd_segments(path) if dataset == "smd" else None
+        rows += evaluate_series(name, dataset, train, test, metrics, config, blamed, **train_kw)
         for r in rows[-3:]:
             print(f"{dataset:4} {name:40} {r['model']:17} AUPRC={r.get('auprc', np.nan):.3f} "
                   f"F1={r['f1']:.3f} P={r['precision']:.3f} R={r['recall']:.3f}", flush=True)
