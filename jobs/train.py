@@ -50,21 +50,30 @@ EVAL_BATCH = 1024
 
 def chunk_arrays(data: TrainingData, targets: np.ndarray, window: int,
                  chunk_targets: int = CHUNK_TARGETS) -> list[dict[str, np.ndarray]]:
-    """Cut the scaled history into fixed-size chunks: rows, target mask and label."""
+    """Cut the scaled history into fixed-size chunks: rows, target mask and label.
+
+    A chunk covers the targets in ``chunk_targets`` consecutive rows (fewer where windows
+    were left out) plus the ``window`` rows before the first, so every chunk has the same
+    shape whatever gaps the targets have.
+    """
     n_feat = data.scaled.shape[1]
     rows_len = chunk_targets + window
     chunks = []
-    for start in range(0, len(targets), chunk_targets):
-        part = targets[start:start + chunk_targets]
-        first = int(part[0]) - window
+    i = 0
+    while i < len(targets):
+        first_target = int(targets[i])
+        end = int(np.searchsorted(targets, first_target + chunk_targets, side="left"))
+        part = targets[i:end]
+        first = first_target - window
+        span = slice(first, int(part[-1]) + 1)
         rows = np.zeros((rows_len, n_feat), np.float32)
-        span = data.scaled[first:int(part[-1]) + 1]
-        rows[:len(span)] = span
+        rows[:span.stop - first] = data.scaled[span]
         mask = np.zeros(rows_len, bool)
         mask[part - first] = True
         label = np.zeros(rows_len, np.float32)
-        label[:len(span)] = data.features.flagged[first:int(part[-1]) + 1]
+        label[:span.stop - first] = data.features.flagged[span]
         chunks.append({"rows": rows, "is_target": mask, "label": label})
+        i = end
     return chunks
 
 
