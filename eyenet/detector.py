@@ -125,11 +125,15 @@ class Detector:
         touched = np.convolve(val.flagged.astype(np.int64),
                               np.ones(self.config.window_steps + self.config.smoothing, np.int64))[:len(val)]
         normal = scored & (touched == 0)
+        if not normal.any():
+            raise TelemetryError("every held-out window touches a labelled incident; nothing "
+                                 "normal is left to calibrate the threshold on")
         if self.config.objective == "forecast":
             self.calibrator = Calibrator.fit(raw[normal], risk=self.config.threshold_risk,
                                              init_quantile=self.config.threshold_init_quantile)
         else:
-            self.calibrator = Calibrator(0.0, 1.0)  # x/(1+x) of p/(1-p) gives p back: see _calibrate
+            # the classifier's output is already a probability: scored as is, threshold 0.5
+            self.calibrator = Calibrator(0.0, 1.0)
         self.training = {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                          "epochs": len(result.history), "train_windows": len(data.train_targets),
                          "val_windows": len(data.val_targets),

@@ -149,3 +149,17 @@ def test_train_cli_from_store_leaves_out_incidents_and_registers_staging(tmp_pat
     detector = Detector.load(registry.fetch(mv.name, mv.version))
     assert detector.training["excluded_flagged_rows"] == 1
     assert set(detector.reference) == set(detector.feature_names)
+
+
+def test_train_cli_with_tune_registers_the_best_trial(tmp_path, capsys):
+    from eyenet.cli import main
+
+    fleet(rows=300, devices=1).drop(columns="device_id").to_csv(tmp_path / "train.csv", index=False)
+    code = main(["train", "--train-csv", str(tmp_path / "train.csv"), "--tune", "--trials", "2",
+                 "--time-budget-s", "240", "--max-epochs", "1", "--store", f"sqlite:///{tmp_path}/s.db",
+                 "--artifact-root", str(tmp_path / "artifacts")])
+    assert code == 0, capsys.readouterr().err
+    mv = ModelRegistry(open_store(f"sqlite:///{tmp_path}/s.db"), tmp_path / "artifacts").latest()
+    assert mv.state == "staging" and mv.tags["tuned"] == "True"
+    params = mv.metrics["tuned_params"]
+    assert params["hidden_size"] in (32, 64, 128) and params["window_steps"] in (20, 30, 60)
