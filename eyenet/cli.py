@@ -115,7 +115,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"{k}={table[k]:.3f}" for k in ("auprc", "f1", "precision", "recall", "event_recall",
                                                 "oracle_best_f1", "point_adjusted_f1",
                                                 "attribution_hit_rate") if k in table))
-    return 0
+    for failure in result["errors"]:
+        print(f"eyenet: error: {failure['dataset']}/{failure['series']}: {failure['error']}", file=sys.stderr)
+    return EXIT_ERROR if result["errors"] else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -21,8 +21,14 @@ NON_METRIC_COLUMNS = (TIMESTAMP, LABEL, DEVICE)
 
 
 def read_metric_csv(path: str | os.PathLike[str], *, device_id: str = "series",
-                    metrics: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Load and check one metric CSV; returns (frame with device_id, metric names)."""
+                    metrics: list[str] | None = None,
+                    keep_first_duplicate: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """Load and check one metric CSV; returns (frame with device_id, metric names).
+
+    A repeated timestamp is an error, unless ``keep_first_duplicate`` (the telemetry
+    schema's rule: the first sample wins), which the public datasets need: NAB repeats
+    the hour that daylight saving time repeats.
+    """
     path = Path(path)
     try:
         frame = pd.read_csv(path)
@@ -60,7 +66,9 @@ def read_metric_csv(path: str | os.PathLike[str], *, device_id: str = "series",
     frame[TIMESTAMP] = stamps
     keys = [DEVICE, TIMESTAMP] if DEVICE in frame.columns else [TIMESTAMP]
     repeated = frame.duplicated(keys)
-    if repeated.any():
+    if repeated.any() and keep_first_duplicate:
+        frame = frame[~repeated].reset_index(drop=True)
+    elif repeated.any():
         row = int(np.flatnonzero(repeated.to_numpy())[0])
         raise TelemetryError(f"{path}: row {row + 2} repeats timestamp {frame[TIMESTAMP].iloc[row]}")
     numeric = frame[metrics]
@@ -112,7 +120,7 @@ def load_nab(csv_path: Path, train_fraction: float = 0.5) -> tuple[pd.DataFrame,
     NAB has no separate training file: the first ``train_fraction`` of the series trains
     (its labelled windows are flagged, so training leaves them out) and the rest is test.
     """
-    frame, metrics = read_metric_csv(csv_path, device_id=csv_path.stem)
+    frame, metrics = read_metric_csv(csv_path, device_id=csv_path.stem, keep_first_duplicate=True)
     windows = json.loads((csv_path.parent.parent / "combined_windows.json").read_text())
     label = np.zeros(len(frame), np.int64)
     for start, end in windows.get(f"{csv_path.parent.name}/{csv_path.name}", []):

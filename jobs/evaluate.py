@@ -64,10 +64,16 @@ def run_evaluation(root: str, config: EyeNetConfig, *, datasets: tuple[str, ...]
     if not jobs:
         raise EyeNetError(f"no series found under {root} for datasets {datasets} / series {series}")
     rows: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
     for dataset, name, path in jobs:
-        train, test, metrics = load_smd(path) if dataset == "smd" else load_nab(path)
-        blamed = smd_segments(path) if dataset == "smd" else None
-        rows += evaluate_series(name, dataset, train, test, metrics, config, blamed, **train_kw)
+        try:  # one unreadable series is reported, and the others still run
+            train, test, metrics = load_smd(path) if dataset == "smd" else load_nab(path)
+            blamed = smd_segments(path) if dataset == "smd" else None
+            rows += evaluate_series(name, dataset, train, test, metrics, config, blamed, **train_kw)
+        except EyeNetError as exc:
+            errors.append({"dataset": dataset, "series": name, "error": str(exc)})
+            print(f"{dataset:4} {name:40} FAILED: {exc}", flush=True)
+            continue
         for r in rows[-3:]:
             print(f"{dataset:4} {name:40} {r['model']:17} AUPRC={r.get('auprc', np.nan):.3f} "
                   f"F1={r['f1']:.3f} P={r['precision']:.3f} R={r['recall']:.3f}", flush=True)
@@ -76,7 +82,7 @@ def run_evaluation(root: str, config: EyeNetConfig, *, datasets: tuple[str, ...]
     return {"protocol": "train on train only; thresholds from held-out training tail "
                         "(peaks-over-threshold), never test labels; f1/precision/recall point-wise; "
                         "oracle_best_f1 uses test labels (oracle); point_adjusted_f1 is point-adjusted",
-            "series": rows, "mean": means}
+            "series": rows, "mean": means, "errors": errors}
 
 
 if __name__ == "__main__":

@@ -163,3 +163,17 @@ def test_train_cli_with_tune_registers_the_best_trial(tmp_path, capsys):
     assert mv.state == "staging" and mv.tags["tuned"] == "True"
     params = mv.metrics["tuned_params"]
     assert params["hidden_size"] in (32, 64, 128) and params["window_steps"] in (20, 30, 60)
+
+
+def test_two_ddp_workers_train_on_their_own_shards():
+    from jobs.train import train_on_ray
+
+    cfg = config(max_epochs=2, patience_epochs=5)
+    detector = Detector(cfg.detector, cfg.metrics, cfg.gap_s)
+    data = detector.prepare(fleet(rows=600))
+    result = train_on_ray(detector, data, workers=2)
+    assert len(result.history) == 2
+    # every window is trained on once per epoch, split across the two ranks
+    assert [h["train_samples"] for h in result.history] == [len(data.train_targets)] * 2
+    detector.finish(result, data)
+    assert detector.score(fleet(rows=60, seed=4))["score"].between(0, 1).all()
