@@ -96,3 +96,28 @@ def test_smd_segments_are_half_open_with_blamed_metrics(tmp_path):
     (tmp_path / "segments.csv").write_text("start,end,metrics\n3,5,m01 m02\n")
     assert smd_segments(tmp_path) == [(3, 6, {"m01", "m02"})]
     assert smd_segments(tmp_path / "absent") == []
+
+
+def test_repeated_timestamps_fail_detect_input_but_datasets_keep_the_first(tmp_path):
+    from eyenet.datasets import read_metric_csv
+    from eyenet.errors import TelemetryError
+
+    path = tmp_path / "x.csv"
+    pd.DataFrame({"timestamp": ["2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:01:00Z"],
+                  "v": [1.0, 2.0, 3.0]}).to_csv(path, index=False)
+    with pytest.raises(TelemetryError, match="row 4 repeats timestamp"):
+        read_metric_csv(path)
+    frame, _ = read_metric_csv(path, keep_first_duplicate=True)
+    assert frame["v"].tolist() == [1.0, 2.0]
+
+
+def test_evaluation_reports_an_unreadable_series_and_goes_on(tmp_path):
+    from eyenet.config import EyeNetConfig
+    from jobs.evaluate import run_evaluation
+
+    machine = tmp_path / "smd" / "machine-9-9"
+    machine.mkdir(parents=True)
+    (machine / "train.csv.gz").write_bytes(b"not gzip")
+    result = run_evaluation(str(tmp_path), EyeNetConfig(), datasets=("smd",))
+    assert result["series"] == []
+    assert result["errors"][0]["series"] == "machine-9-9" and "cannot be read" in result["errors"][0]["error"]
