@@ -46,6 +46,11 @@ CHUNK_TARGETS = 2048
 STATE_FILE = "state.pt"
 STREAM_WINDOWS = 4096
 EVAL_BATCH = 1024
+# Ray Data's expansion tasks are light numpy; they ask for a quarter CPU, and workers leave
+# half a CPU of the cluster to them, so Train and Data never wait on each other for a
+# scheduling slot on a small machine (2 workers on 2 cores, or a Tune trial's driver).
+DATA_TASK_CPUS = 0.25
+DATA_RESERVE_CPUS = 0.5
 
 
 def chunk_arrays(data: TrainingData, targets: np.ndarray, window: int,
@@ -91,7 +96,8 @@ def chunk_dataset(chunks: list[dict[str, np.ndarray]], window: int, objective: s
     import ray.data
 
     return ray.data.from_items(chunks).map_batches(
-        expand_chunks, fn_kwargs={"window": window, "objective": objective}, batch_size=1)
+        expand_chunks, fn_kwargs={"window": window, "objective": objective}, batch_size=1,
+        num_cpus=DATA_TASK_CPUS)
 
 
 def store_chunk_dataset(store_uri: str, detector: Detector, devices: list[str], start_ms: int,
@@ -127,7 +133,7 @@ def store_chunk_dataset(store_uri: str, detector: Detector, devices: list[str], 
             ys.append(scaled[targets])
         return {"x": np.concatenate(xs), "y": np.concatenate(ys)}
 
-    return ray.data.from_items(specs).map_batches(load, batch_size=1)
+    return ray.data.from_items(specs).map_batches(load, batch_size=1, num_cpus=DATA_TASK_CPUS)
 
 
 def _batches(shard: Any, batch_size: int, device: torch.device, seed: int | None) -> Any:
@@ -224,7 +230,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def train_on_ray(detector: Detector, data: TrainingData, *, workers: int = 1, gpus: float = 0,
                  storage_path: str | None = None, max_failures: int = 2, max_epochs: int | None = None,
                  callbacks: list[Any] | None = None, run_name: str | None = None,
-                 fault_injection: dict[str, Any] | None = None) -> FitResult:
+                 fault_injection: dict[str, Any] | None = None,
+                 cpus_per_worker: float | None = None) -> FitResult:
     """Fit ``detector``'s network on prepared ``data`` with a TorchTrainer; returns the best weights."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -238,7 +245,9 @@ def train_on_ray(detector: Detector, data: TrainingData, *, workers: int = 1, gp
                                        cfg.window_steps, cfg.objective),
                 "val": chunk_dataset(chunk_arrays(data, data.val_targets, cfg.window_steps),
                                      cfg.window_steps, cfg.objective)}
-    resources = {"CPU": 1, **({"GPU": gpus / workers} if gpus else {})}
+    if cpus_per_worker is None:
+        cpus_per_worker = worker_cpus(workers)
+    resources = {"CPU": cpus_per_worker, **({"GPU": gpus / workers} if gpus else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"detector": cfg.model_dump(mode="json"),
@@ -256,6 +265,15 @@ def train_on_ray(detector: Detector, data: TrainingData, *, workers: int = 1, gp
     started = time.perf_counter()
     result = trainer.fit()
     return fit_result_from_checkpoint(result.checkpoint, time.perf_counter() - started)
+
+
+def worker_cpus(workers: int, share_of_cluster: float = 1.0) -> float:
+    """CPU to request per Train worker: one, or less where the cluster is too small to
+    also leave room for Ray Data (``share_of_cluster``: of the CPUs, for concurrent trials)."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0)) * share_of_cluster
+    return max(0.1, min(1.0, (total - DATA_RESERVE_CPUS) / workers))
 
 
 def fit_result_from_checkpoint(checkpoint: Any, seconds: float = float("nan")) -> FitResult:

@@ -18,7 +18,7 @@ import pandas as pd
 from eyenet.config import EyeNetConfig
 from eyenet.detector import Detector
 from eyenet.errors import EyeNetError
-from jobs.train import fit_result_from_checkpoint, train_on_ray
+from jobs.train import DATA_RESERVE_CPUS, fit_result_from_checkpoint, train_on_ray, worker_cpus
 
 TRIAL_DRIVER_CPU = 0.01
 TUNED_FIELDS = ("hidden_size", "num_layers", "window_steps", "learning_rate", "dropout")
@@ -57,16 +57,21 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
         data = detector.prepare(ray.get(frame_ref))
         train_on_ray(detector, data, workers=workers, gpus=gpus, storage_path=storage,
                      max_epochs=epochs, callbacks=[TuneReportCallback()],
-                     run_name=f"trial-{tune.get_context().get_trial_id()}")
+                     run_name=f"trial-{tune.get_context().get_trial_id()}",
+                     cpus_per_worker=per_worker)
 
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    concurrent = max(1, int((cpus - DATA_RESERVE_CPUS) // (workers + TRIAL_DRIVER_CPU)))
+    # Half the share: a finished trial's Train actors release their CPUs lazily, and the next
+    # trial must not wait on them.
+    per_worker = worker_cpus(workers, share_of_cluster=0.5 / concurrent)
     tuner = tune.Tuner(
         # the trial only drives; its Train workers hold the CPUs (Tune refuses an empty request)
         tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPU}),
         param_space=search_space or default_search_space(),
         tune_config=tune.TuneConfig(
             metric="val_loss", mode="min", num_samples=trials, time_budget_s=time_budget_s,
-            max_concurrent_trials=max(1, int(cpus // (workers + TRIAL_DRIVER_CPU))),
+            max_concurrent_trials=concurrent,
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                                     grace_period=min(3, epochs), reduction_factor=2)),
         run_config=tune.RunConfig(storage_path=storage, name="eyenet-tune"))
