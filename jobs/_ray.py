@@ -17,5 +17,5 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level=logging.WARNING)
-    else:
+    else:  # with the dashboard: Ray Train's placement-group cleanup relies on the state API
         ray.init(num_cpus=num_cpus, logging_level=logging.WARNING)

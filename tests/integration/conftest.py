@@ -13,6 +13,8 @@ def ray_cluster() -> Iterator[None]:
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # The dashboard stays on: Ray Train's placement-group cleaner asks the state API whether
+    # a run's controller is gone, and without it a finished Tune trial keeps its CPUs.
+    ray.init(num_cpus=2, logging_level="WARNING")
     yield
     ray.shutdown()
