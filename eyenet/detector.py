@@ -30,6 +30,8 @@ from eyenet.features import (
     Scaler,
     build_features,
     feature_reference,
+    flags_in_last,
+    held_out_tail,
     window_targets,
     windows_at,
 )
@@ -80,7 +82,7 @@ class Detector:
         cfg, window = self.config, self.config.window_steps
         feats = self.features(frame)
         self.feature_names = feats.names
-        val_rows = _tail_rows(feats.device_ids, cfg.validation_fraction)
+        val_rows = held_out_tail(feats.device_ids, cfg.validation_fraction)
         fit_rows = ~feats.flagged
         if not fit_rows.any():
             raise TelemetryError("no unflagged training rows left to fit the scaler on")
@@ -122,9 +124,7 @@ class Detector:
         val = data.features.select(np.flatnonzero(data.val_rows))
         raw, _, scored = self._raw_scores(val, self.scaler.transform(val.values), val.segments)
         # rows whose window or smoothing memory holds a labelled incident are not normal
-        touched = np.convolve(val.flagged.astype(np.int64),
-                              np.ones(self.config.window_steps + self.config.smoothing, np.int64))[:len(val)]
-        normal = scored & (touched == 0)
+        normal = scored & (flags_in_last(val.flagged, self.config.window_steps + self.config.smoothing) == 0)
         if not normal.any():
             raise TelemetryError("every held-out window touches a labelled incident; nothing "
                                  "normal is left to calibrate the threshold on")
@@ -248,13 +248,3 @@ class Detector:
 def _keys(frame: pd.DataFrame) -> pd.MultiIndex:
     return pd.MultiIndex.from_arrays([frame[DEVICE].astype(str).to_numpy(),
                                       to_ms(parse_timestamps(frame[TIMESTAMP])).to_numpy()])
-
-
-def _tail_rows(devices: np.ndarray, fraction: float) -> np.ndarray:
-    """Mask of the last ``fraction`` of each device's rows (rows are ordered by device, time)."""
-    _, first, counts = np.unique(devices, return_index=True, return_counts=True)
-    mask = np.zeros(len(devices), bool)
-    for start, count in zip(first, counts, strict=True):
-        held = round(count * fraction)
-        mask[start + count - held:start + count] = True
-    return mask

@@ -19,7 +19,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from eyenet.config import DetectorConfig
-from eyenet.features import FeatureFrame, Scaler
+from eyenet.features import FeatureFrame, Scaler, held_out_tail
 from eyenet.scoring import pot_threshold
 
 PCA_VARIANCE = 0.9
@@ -89,7 +89,7 @@ class Baseline:
 
     def fit(self, train: FeatureFrame) -> Baseline:
         usable = train.select(np.flatnonzero(~train.flagged))
-        held = _tail_mask(len(usable), self.config.validation_fraction)
+        held = held_out_tail(usable.device_ids, self.config.validation_fraction)
         self.scaler = Scaler.fit(usable.values)  # the same rule as the detector's scaler
         x = self.scaler.transform(usable.values)
         if self.kind == "pca":
@@ -109,12 +109,6 @@ class Baseline:
     def score(self, test: FeatureFrame) -> tuple[np.ndarray, np.ndarray]:
         raw = self._raw(self.scaler.transform(test.values))
         return raw, raw > self.threshold
-
-
-def _tail_mask(n: int, fraction: float) -> np.ndarray:
-    mask = np.zeros(n, bool)
-    mask[n - round(n * fraction):] = True
-    return mask
 
 
 def mean_table(rows: list[dict[str, Any]]) -> dict[str, float]:

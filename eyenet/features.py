@@ -190,9 +190,23 @@ def window_targets(segments: np.ndarray, window: int, flagged: np.ndarray | None
     t = np.arange(window, n)
     ok = segments[t - window] == segments[t]
     if flagged is not None and flagged.any():
-        touched = np.convolve(flagged.astype(np.int64), np.ones(window + 1, np.int64))[window:n]
-        ok &= touched == 0
+        ok &= flags_in_last(flagged, window + 1)[window:] == 0
     return t[ok]
+
+
+def flags_in_last(flagged: np.ndarray, span: int) -> np.ndarray:
+    """For each row, how many of it and the ``span - 1`` rows before it are flagged."""
+    return np.convolve(flagged.astype(np.int64), np.ones(span, np.int64))[:len(flagged)]
+
+
+def held_out_tail(devices: np.ndarray, fraction: float) -> np.ndarray:
+    """Mask of the last ``fraction`` of each device's rows (rows ordered by device, time)."""
+    _, first, counts = np.unique(devices, return_index=True, return_counts=True)
+    mask = np.zeros(len(devices), bool)
+    for start, count in zip(first, counts, strict=True):
+        held = round(count * fraction)
+        mask[start + count - held:start + count] = True
+    return mask
 
 
 def windows_at(values: np.ndarray, targets: np.ndarray, window: int) -> np.ndarray:
