@@ -41,6 +41,7 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
     from ray import tune
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     if trials < 1:
         raise EyeNetError(f"trials must be >= 1, got {trials}")
@@ -71,6 +72,7 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
         param_space=search_space or default_search_space(),
         tune_config=tune.TuneConfig(
             metric="val_loss", mode="min", num_samples=trials, time_budget_s=time_budget_s,
+            search_alg=BasicVariantGenerator(random_state=config.detector.seed),  # repeatable draws
             max_concurrent_trials=concurrent,
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                                     grace_period=min(3, epochs), reduction_factor=2)),

@@ -154,7 +154,8 @@ def test_train_cli_from_store_leaves_out_incidents_and_registers_staging(tmp_pat
 def test_train_cli_with_tune_registers_the_best_trial(tmp_path, capsys):
     from eyenet.cli import main
 
-    fleet(rows=300, devices=1).drop(columns="device_id").to_csv(tmp_path / "train.csv", index=False)
+    # 600 rows: the held-out fifth must hold windows of the largest searched size (60 steps)
+    fleet(rows=600, devices=1).drop(columns="device_id").to_csv(tmp_path / "train.csv", index=False)
     code = main(["train", "--train-csv", str(tmp_path / "train.csv"), "--tune", "--trials", "2",
                  "--time-budget-s", "240", "--max-epochs", "1", "--store", f"sqlite:///{tmp_path}/s.db",
                  "--artifact-root", str(tmp_path / "artifacts")])
