@@ -38,7 +38,8 @@ METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 RESERVED_METRIC_NAMES = {"device_id", "timestamp", "label", "ts_ms", "_id"}
 # Mapping-valued settings: read as JSON from the environment, leaves for source tracking.
 DICT_FIELDS = ("metric_max", "device_thresholds")
-OPTIONAL_FIELDS = ("max_gap_s", "webhook_url", "smoothing_steps", "rolling_s", "max_train_time_s")
+OPTIONAL_FIELDS = ("max_gap_s", "webhook_url", "smoothing_steps", "rolling_s", "max_train_time_s",
+                   "buffer_samples")
 STORE_SCHEMES = ("sqlite:///", "mongodb://", "mongodb+srv://")
 
 
@@ -53,6 +54,49 @@ class AlertConfig(_Section):
     drift_threshold: float = Field(0.3, gt=0, description="alert when a metric's drift score exceeds this")
     cooldown_s: float = Field(300.0, ge=0, description="minimum time between repeats of one alert")
     webhook_url: str | None = Field(None, description="Alertmanager-compatible webhook, if any")
+    webhook_timeout_s: float = Field(5.0, gt=0, description="one webhook POST gives up after this")
+    webhook_max_retries: int = Field(5, ge=0, description="retries of a failed webhook POST")
+    webhook_backoff_s: float = Field(1.0, gt=0, description="first retry delay; doubles per retry")
+    anomaly_min_points: int = Field(
+        3, ge=1, description="anomalous points of one device within anomaly_window_s that open "
+                             "a device anomaly alert")
+    anomaly_window_s: float = Field(60.0, gt=0, description="window for anomaly_min_points")
+    resolve_after_s: float = Field(
+        60.0, gt=0, description="an alert resolves once its condition has been clear this long")
+
+
+class MonitorConfig(_Section):
+    """The monitor actor: latency and drift windows, how often rules run and state is saved."""
+
+    drift_method: Literal["psi", "ks"] = Field(
+        "psi", description="psi: population stability index over the reference's bins; ks: "
+                           "largest CDF gap at the reference's bin edges")
+    drift_window_s: float = Field(3600.0, gt=0, description="recent feature values compared "
+                                                            "with the training reference")
+    drift_bucket_s: float = Field(60.0, gt=0, description="granularity of the drift window")
+    min_drift_samples: int = Field(500, ge=1, description="no drift score from fewer values")
+    latency_window_s: float = Field(300.0, gt=0, description="sliding window of latency percentiles")
+    check_interval_s: float = Field(5.0, gt=0, description="how often alert rules are evaluated")
+    snapshot_interval_s: float = Field(
+        60.0, gt=0, description="how often the monitor saves a snapshot (reports read them)")
+
+
+class StreamingConfig(_Section):
+    """Collector and feature actors of the live pipeline."""
+
+    devices_per_actor: int = Field(
+        100, ge=1, description="logical collectors per collector actor process (~100 MB each)")
+    feature_actors: int = Field(2, ge=1, description="actors in the feature/scoring pool")
+    buffer_samples: int | None = Field(
+        None, ge=2, description="recent samples kept per device; default window_steps + 2")
+    max_pending_samples: int = Field(
+        50_000, ge=1, description="accepted samples a collector holds unwritten before it stops "
+                                  "polling (backpressure on a slow store)")
+    fetch_chunk_s: float = Field(
+        3600.0, gt=0, description="longest time span fetched from a source in one call "
+                                  "(catch-up and history generation)")
+    retry_initial_s: float = Field(0.5, gt=0, description="first retry delay after a failure")
+    retry_max_s: float = Field(30.0, gt=0, description="longest retry delay")
 
 
 class ServeConfig(_Section):
@@ -153,6 +197,8 @@ class EyeNetConfig(_Section):
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
 
     @field_validator("metrics", "counter_metrics")
     @classmethod

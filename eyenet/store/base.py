@@ -229,8 +229,18 @@ class Store(ABC):
     def get_report(self, report_id: str) -> dict[str, Any] | None: ...
 
     @abstractmethod
-    def list_reports(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Newest first."""
+    def list_reports(self, limit: int = 100, kind: str | None = None, since: Any = None,
+                     until: Any = None) -> list[dict[str, Any]]:
+        """Newest first; ``kind`` matches ``report["kind"]``, ``since <= created_at < until``."""
+
+    # -- component state (collector cursors, monitor state) ------------------------------------
+    @abstractmethod
+    def put_state(self, key: str, value: dict[str, Any]) -> None:
+        """Replace the JSON-able state saved under ``key`` (a restarted actor reads it back)."""
+
+    @abstractmethod
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """The state saved under ``key``, or None."""
 
     # -- model records (used by eyenet.registry) ------------------------------------------
     @abstractmethod

@@ -16,6 +16,8 @@ The default write concern is ``w=1`` with journaling off the server's default; p
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +69,7 @@ class MongoStore(Store):
         self.models_c = self.db["models"]
         self.counters_c = self.db["model_counters"]
         self.state_c = self.db["registry_state"]
+        self.component_state_c = self.db["component_state"]
         with self._errors("create indexes"):
             self.metrics_c.create_index([(DEVICE, ASCENDING), (TIMESTAMP, ASCENDING)], unique=True,
                                         name="device_time")
@@ -217,10 +220,28 @@ class MongoStore(Store):
             doc = self.reports_c.find_one({"_id": report_id})
         return _strip(doc)
 
-    def list_reports(self, limit: int = 100) -> list[dict[str, Any]]:
+    def list_reports(self, limit: int = 100, kind: str | None = None, since: Any = None,
+                     until: Any = None) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {}
+        bounds = {op: to_timestamp_ms(v) for op, v in (("$gte", since), ("$lt", until)) if v is not None}
+        if bounds:
+            query["_created_ms"] = bounds
+        if kind is not None:
+            query["kind"] = kind
         with self._errors("list reports"):
-            docs = list(self.reports_c.find({}, sort=[("_created_ms", DESCENDING)], limit=int(limit)))
+            docs = list(self.reports_c.find(query, sort=[("_created_ms", DESCENDING)], limit=int(limit)))
         return [_strip(d) for d in docs]
+
+    def put_state(self, key: str, value: dict[str, Any]) -> None:
+        with self._errors("save state"):
+            # a JSON round trip: numpy scalars in lists become numbers, as in SQLite
+            doc = json.loads(json.dumps(value, default=_json_scalar))
+            self.component_state_c.replace_one({"_id": key}, {"_id": key, "doc": doc}, upsert=True)
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        with self._errors("read state"):
+            doc = self.component_state_c.find_one({"_id": key})
+        return None if doc is None else doc["doc"]
 
     # -- model records ----------------------------------------------------------------------
     def allocate_model_version(self, name: str) -> int:
@@ -321,6 +342,12 @@ def _plain(doc: dict[str, Any]) -> dict[str, Any]:
             v = _plain(v)
         out[k] = v
     return out
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _strip(doc: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS models (
     PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS registry_state (
     name TEXT PRIMARY KEY, rev INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS component_state (key TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
 FIXED_COLUMNS = ("device_id", "ts_ms", "label")
 CACHE_KIB = 128 * 1024
@@ -320,9 +321,27 @@ class SQLiteStore(Store):
         rows = self._read("SELECT doc FROM reports WHERE report_id = ?", (report_id,))
         return json.loads(rows[0][0]) if rows else None
 
-    def list_reports(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._read("SELECT doc FROM reports ORDER BY created_ms DESC LIMIT ?", (int(limit),))
+    def list_reports(self, limit: int = 100, kind: str | None = None, since: Any = None,
+                     until: Any = None) -> list[dict[str, Any]]:
+        where, params = [], []
+        for clause, value in (("created_ms >= ?", since), ("created_ms < ?", until)):
+            if value is not None:
+                where.append(clause)
+                params.append(to_timestamp_ms(value))
+        if kind is not None:
+            where.append("json_extract(doc, '$.kind') = ?")
+            params.append(kind)
+        sql = "SELECT doc FROM reports" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._read(sql + " ORDER BY created_ms DESC LIMIT ?", [*params, int(limit)])
         return [json.loads(doc) for (doc,) in rows]
+
+    def put_state(self, key: str, value: dict[str, Any]) -> None:
+        with self._write("save state") as conn:
+            conn.execute("INSERT OR REPLACE INTO component_state VALUES (?, ?)", (key, _dumps(value)))
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        rows = self._read("SELECT doc FROM component_state WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else None
 
     # -- model records ------------------------------------------------------------------------
     def allocate_model_version(self, name: str) -> int:

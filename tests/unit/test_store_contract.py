@@ -143,6 +143,22 @@ def test_reports_round_trip_newest_first(store):
     assert second != first
 
 
+def test_reports_filter_by_kind_and_time(store):
+    for day, kind in ((1, "snapshot"), (2, "report"), (3, "snapshot")):
+        store.save_report({"kind": kind, "created_at": f"2026-01-0{day}T00:00:00+00:00", "day": day})
+    assert [r["day"] for r in store.list_reports(kind="snapshot")] == [3, 1]
+    assert [r["day"] for r in store.list_reports(since="2026-01-02", until="2026-01-03")] == [2]
+    assert [r["day"] for r in store.list_reports(kind="snapshot", since="2026-01-02")] == [3]
+
+
+def test_component_state_round_trip_and_replace(store):
+    assert store.get_state("collector/a") is None
+    store.put_state("collector/a", {"devices": [{"device_id": "10.0.0.1", "cursor_ms": 5}]})
+    store.put_state("collector/a", {"devices": [{"device_id": "10.0.0.1", "cursor_ms": np.int64(7)}]})
+    assert store.get_state("collector/a") == {"devices": [{"device_id": "10.0.0.1", "cursor_ms": 7}]}
+    assert store.get_state("collector/b") is None
+
+
 def test_model_versions_count_up_per_name(store):
     assert [store.allocate_model_version("m") for _ in range(3)] == [1, 2, 3]
     assert store.allocate_model_version("other") == 1
