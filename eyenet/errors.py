@@ -12,8 +12,10 @@ One module, one tree, so callers can catch as broadly or narrowly as they need::
     │   ├── ModelNotFoundError       no such model name / version
     │   ├── RegistryConflictError    a concurrent change won; the caller may retry
     │   └── PromotionRejectedError   a promotion gate failed; ``reasons`` lists why
-    └── ArtifactError                an artifact cannot be written or read
-        └── ArtifactIntegrityError   a file is missing, extra or differs from its sha256 manifest
+    ├── ArtifactError                an artifact cannot be written or read
+    │   └── ArtifactIntegrityError   a file is missing, extra or differs from its sha256 manifest
+    ├── SourceError                  a telemetry source failed (``device_id`` when one device's)
+    └── PipelineError                the streaming pipeline cannot start or was misused
 
 Foreign exceptions (sqlite3, pymongo, pyarrow, torch) are mapped at the edge with
 ``raise SomeEyeNetError(...) from exc`` so the original stays in ``__cause__``.
@@ -103,3 +105,21 @@ class ArtifactIntegrityError(ArtifactError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class SourceError(EyeNetError):
+    """A telemetry source could not deliver: ``source`` names it, ``device_id`` the device
+    when only one device failed (collectors retry it with backoff; others go on)."""
+
+    def __init__(self, message: str, source: str | None = None, device_id: str | None = None) -> None:
+        super().__init__(message, source, device_id)
+        self.source = source
+        self.device_id = device_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class PipelineError(EyeNetError):
+    """The streaming pipeline cannot start (no production model, bad source options) or an
+    actor was asked for something it does not hold."""
