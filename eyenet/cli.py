@@ -120,8 +120,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_ERROR if result["errors"] else 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from jobs.ingest import run_ingest
+
+    summary = run_ingest(_load(args), args)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        totals = summary["totals"]
+        print(f"{summary['devices']} devices, {summary['seconds']} s: fetched {totals.get('fetched', 0):,}, "
+              f"stored {totals.get('stored', 0):,}, rejected {totals.get('rejected', 0):,}, "
+              f"scored {summary['scored']:,}, anomalies {summary['anomalies']:,}")
+        for reason, n in sorted(summary["reasons"].items()):
+            print(f"  {reason}: {n:,}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from jobs.report import run_report
+
+    report = run_report(_load(args), args.since, args.until, args.address)
+    if args.json:
+        print(json.dumps(report, default=str))
+        return 0
+    print(yaml.safe_dump(json.loads(json.dumps(report, default=str)), sort_keys=False), end="")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "train":
+    if args.what == "pipeline":
+        from jobs.bench_pipeline import run_pipeline_bench
+
+        result = run_pipeline_bench(_load(args), devices=args.devices, seconds=args.seconds,
+                                    devices_per_actor=args.devices_per_actor,
+                                    feature_actors=args.feature_actors)
+    elif args.what == "train":
         from jobs.bench_train import run_train_bench
 
         _train_kw(args)  # checks --workers and --gpus
@@ -196,8 +229,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("ingest", parents=[common],
+                       help="run the live pipeline: collectors, scoring, monitor")
+    p.add_argument("--source", choices=["simulated", "replay"], required=True)
+    p.add_argument("--devices", type=int, default=10, help="simulated: fleet size")
+    p.add_argument("--seed", type=int, default=0, help="simulated: fleet and noise seed")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="clock speed factor (simulated: accelerated clock; replay: file time per second)")
+    p.add_argument("--files", nargs="+", metavar="PATH", help="replay: CSV or Parquet files")
+    p.add_argument("--history-s", type=float, default=0.0,
+                   help="first generate/read this many seconds of history, as fast as possible")
+    p.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
+    p.add_argument("--until-caught-up", action="store_true",
+                   help="stop once the history is in (for building a training set)")
+    p.add_argument("--incident", action="append", metavar="KIND:DEVICE:START_S:DURATION_S",
+                   help="simulated: inject an incident (ddos_burst, link_down, latency_spike, "
+                        "slow_exfiltration, counter_reset, sensor_stuck); repeatable")
+    p.add_argument("--incident-rate", type=float, default=0.0,
+                   help="simulated: random incidents per device per day")
+    p.add_argument("--garbage-rate", type=float, default=0.0,
+                   help="simulated: share of samples given a defect (NaN, text, negative, future)")
+    p.add_argument("--no-score", action="store_true", help="collect only")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("report", parents=[common],
+                       help="latency, drift, alerts and anomalies per device over a time range")
+    p.add_argument("--since", default="1h", help="duration back from now (30m, 1h, 2d) or ISO time")
+    p.add_argument("--until", help="end of the range (default: now)")
+    p.add_argument("--address", help="Ray cluster whose monitor to ask (default: $RAY_ADDRESS)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("bench", parents=[common], help="benchmarks; prints figures (and ratios)")
-    p.add_argument("what", choices=["store", "train"], help="what to measure")
+    p.add_argument("what", choices=["store", "train", "pipeline"], help="what to measure")
+    p.add_argument("--seconds", type=float, default=60.0, help="pipeline: how long to run live")
+    p.add_argument("--devices-per-actor", type=int, help="pipeline: devices per collector actor")
+    p.add_argument("--feature-actors", type=int, help="pipeline: scoring actors")
     p.add_argument("--workers", type=int, default=1, help="train: Ray Train workers")
     p.add_argument("--gpus", type=float, default=0, help="train: GPUs in total across workers")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -150,7 +150,7 @@ class Detector:
         (list, most to least) and ``top_feature``. Rows without a full window of
         history in their segment get score 0 and no features.
         """
-        self._require_fitted()
+        self.require_fitted()
         frame_keys = _keys(frame)
         if history is not None and not history.empty:
             # rows present in both are the frame's own; history only adds earlier context
@@ -162,11 +162,9 @@ class Detector:
         if context is not frame:
             own = pd.MultiIndex.from_arrays([feats.device_ids, feats.timestamps_ms]).isin(frame_keys)
         raw, contrib, scored = self._raw_scores(feats, self.scaler.transform(feats.values), feats.segments)
-        score = np.where(scored, self._calibrate(raw), 0.0)
-        thresholds = np.array([self.config.device_thresholds.get(d, 0.5) for d in feats.device_ids]) \
-            if self.config.device_thresholds else np.full(len(feats), 0.5)
-        tops = top_features(np.nan_to_num(contrib), self.feature_names, self.config.top_k_features)
-        tops = [t if ok else [] for t, ok in zip(tops, scored, strict=True)]
+        score = np.where(scored, self.calibrate(raw), 0.0)
+        thresholds = self.thresholds_for(feats.device_ids)
+        tops = self.top_features_of(contrib, scored)
         out = pd.DataFrame({DEVICE: feats.device_ids, TIMESTAMP: from_ms(feats.timestamps_ms),
                             "score": score, "raw_score": np.where(scored, raw, np.nan),
                             "threshold": thresholds, "is_anomaly": scored & (score > thresholds),
@@ -186,28 +184,51 @@ class Detector:
         raw = np.full(n, np.nan)
         if len(targets) == 0:
             return raw, contrib, scored
-        out = predict(self.net, windows_at(scaled, targets, window))
+        point_contrib, point_raw = self.point_errors(scaled, targets)
+        contrib[targets] = point_contrib
         if self.config.objective == "forecast":
-            contrib[targets] = (out - scaled[targets]) ** 2
             contrib = smoothed_errors(contrib, segments, self.config.smoothing)
             raw = contrib.sum(axis=1)
         else:
-            raw[targets] = out[:, 0]
-            contrib[targets] = scaled[targets] ** 2  # distance from the training median
+            raw[targets] = point_raw
         return raw, contrib, scored
 
-    def _calibrate(self, raw: np.ndarray) -> np.ndarray:
+    def point_errors(self, scaled: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Unsmoothed per-feature contributions at ``targets`` and, for ``classify``, the
+        raw probability. The one forward pass offline and streaming scoring share."""
+        if len(targets) == 0:
+            empty = np.empty((0, scaled.shape[1]))
+            return empty, (None if self.config.objective == "forecast" else np.empty(0))
+        out = predict(self.net, windows_at(scaled, targets, self.config.window_steps))
+        if self.config.objective == "forecast":
+            return (out - scaled[targets]) ** 2, None
+        return scaled[targets] ** 2, out[:, 0]  # contribution: distance from the training median
+
+    def top_features_of(self, contrib: np.ndarray, scored: np.ndarray) -> list[list[str]]:
+        """The top_k features by contribution for each row; none for unscored rows."""
+        tops = top_features(np.nan_to_num(contrib), self.feature_names, self.config.top_k_features)
+        return [t if ok else [] for t, ok in zip(tops, scored, strict=True)]
+
+    def thresholds_for(self, device_ids: np.ndarray) -> np.ndarray:
+        """The calibrated-score threshold of each row's device (default 0.5)."""
+        overrides = self.config.device_thresholds
+        if not overrides:
+            return np.full(len(device_ids), 0.5)
+        return np.array([overrides.get(d, 0.5) for d in device_ids])
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Raw scores to the calibrated 0..1 score (NaN counts as 0)."""
         if self.config.objective == "classify":
             return np.clip(np.nan_to_num(raw), 0.0, 1.0)
         return self.calibrator(np.nan_to_num(raw))
 
-    def _require_fitted(self) -> None:
+    def require_fitted(self) -> None:
         if self.net is None or self.scaler is None or self.calibrator is None:
             raise TelemetryError("the detector is not fitted: call fit() or load() first")
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        self._require_fitted()
+        self.require_fitted()
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self.net.state_dict(), path / WEIGHTS_FILE)

@@ -17,7 +17,6 @@ The default write concern is ``w=1`` with journaling off the server's default; p
 from __future__ import annotations
 
 import json
-
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any

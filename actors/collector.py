@@ -1,0 +1,116 @@
+"""The device collector actor: a thin shell running :class:`eyenet.collector.Collector` in a
+loop and forwarding what it stored to the feature pool.
+
+The loop runs on a thread inside the actor so that ``stats``/``recent``/``stop`` calls
+are answered while it polls. It starts in ``__init__``: when Ray restarts a killed
+collector (``max_restarts``) it re-runs ``__init__`` with the same arguments, the core
+resumes from the store, and polling goes on without anyone calling ``start``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import zlib
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+from eyenet.sources import build_source
+
+from eyenet.collector import Collector
+from eyenet.config import EyeNetConfig
+from eyenet.store import open_store
+from eyenet.telemetry import DEVICE
+
+log = logging.getLogger(__name__)
+
+# Scoring calls a collector may have outstanding before it waits (backpressure from the pool).
+MAX_INFLIGHT_SCORING = 4
+COLLECTOR_CPUS = 0.05
+
+
+def route(device_id: str, n_actors: int) -> int:
+    """The feature actor that scores ``device_id``: stable, so its stream state stays put."""
+    return zlib.crc32(device_id.encode()) % n_actors
+
+
+class CollectorActor:
+    def __init__(self, config: dict[str, Any], source_kind: str, source_options: dict[str, Any],
+                 device_ids: list[str], name: str, feature_actors: list[Any] | None = None,
+                 start_ms: int | None = None) -> None:
+        self.config = EyeNetConfig.from_dict(config)
+        source = build_source(source_kind, self.config, **source_options)
+        self.core = Collector(self.config, source, open_store(self.config.store_uri), device_ids, name,
+                              start_ms=start_ms)
+        self.feature_actors = list(feature_actors or [])
+        self.forwarded: Counter[str] = Counter()
+        self._inflight: list[Any] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.loop_errors = 0
+        self._thread = threading.Thread(target=self._run, name=f"collector-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        interval_s = self.core.source.interval_s
+        while not self._stop.is_set():
+            started = time.time()
+            caught_up = True
+            try:
+                with self._lock:
+                    result = self.core.poll()
+                caught_up = result.caught_up and result.store_error is None
+                if len(result.accepted) and self.feature_actors:
+                    self._forward(result.accepted, result.polled_at_s)
+            except Exception:  # the loop must outlive any one bad poll; the error is counted
+                self.loop_errors += 1
+                log.exception("collector %s: poll failed", self.core.name)
+                caught_up = True
+            if caught_up:
+                self._stop.wait(max(0.0, interval_s - (time.time() - started)))
+
+    def _forward(self, accepted: pd.DataFrame, polled_at_s: float) -> None:
+        import ray
+
+        routes = accepted[DEVICE].map(lambda d: route(d, len(self.feature_actors)))
+        for index, part in accepted.groupby(routes.to_numpy()):
+            self._inflight.append(self.feature_actors[index].score.remote(part.reset_index(drop=True),
+                                                                          polled_at_s))
+            self.forwarded["batches"] += 1
+            self.forwarded["samples"] += len(part)
+        if len(self._inflight) > MAX_INFLIGHT_SCORING:
+            excess = len(self._inflight) - MAX_INFLIGHT_SCORING
+            done, self._inflight = ray.wait(self._inflight, num_returns=excess)
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # a scoring failure must not stop collection
+                    self.forwarded["scoring_errors"] += 1
+                    log.warning("collector %s: scoring call failed: %s", self.core.name, exc)
+
+    # -- remote API ---------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            stats = self.core.stats()
+        stats["forwarded"] = dict(self.forwarded)
+        stats["loop_errors"] = self.loop_errors
+        stats["running"] = self._thread.is_alive() and not self._stop.is_set()
+        stats["pid"] = os.getpid()
+        return stats
+
+    def recent(self, device_id: str) -> pd.DataFrame:
+        with self._lock:
+            return self.core.recent_frame(device_id)
+
+    def stop(self) -> dict[str, Any]:
+        """Stop polling after the current poll, wait for outstanding scoring calls."""
+        import ray
+
+        self._stop.set()
+        self._thread.join()
+        if self._inflight:
+            ray.wait(self._inflight, num_returns=len(self._inflight), timeout=30)
+        return self.stats()

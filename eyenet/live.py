@@ -1,0 +1,151 @@
+"""What a feature actor does with the samples collectors forward: score them, turn anomalies
+into events, and summarise each batch for the monitor.
+
+An *anomaly event* (kind ``anomaly``) covers one episode: consecutive anomalous points of
+a device with no quiet stretch longer than ``alerts.resolve_after_s`` between them. It is
+written when the episode opens (so operators see it at once), refreshed while it lasts
+(at most every ``EPISODE_REFRESH_S``) and closed with status ``resolved``; its id stays
+the same, so each write replaces the last. ``metrics`` names the metrics that drove it:
+the configured metrics behind the top features of its points, most frequent first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from eyenet.config import EyeNetConfig
+from eyenet.detector import Detector
+from eyenet.drift import bin_counts
+from eyenet.features import metric_of
+from eyenet.monitoring import LatencyWindow, ScoreSummary
+from eyenet.store import Event, Store
+from eyenet.streaming import StreamScorer
+from eyenet.telemetry import DEVICE, TIMESTAMP, to_ms
+
+EPISODE_REFRESH_S = 10.0
+MAX_EVENT_METRICS = 3
+
+
+@dataclass
+class _Episode:
+    event_id: str
+    start_ms: int
+    last_ms: int
+    max_score: float = 0.0
+    points: int = 0
+    metrics: Counter[str] = field(default_factory=Counter)
+    written_at_s: float = 0.0
+
+
+class LiveScorer:
+    def __init__(self, detector: Detector, store: Store, config: EyeNetConfig,
+                 model_version: int | None = None, now_s: Callable[[], float] = time.time) -> None:
+        self.detector, self.store, self.config = detector, store, config
+        self.model_version = model_version
+        self.stream = StreamScorer(detector, config.streaming.buffer_samples)
+        self._now_s = now_s
+        self.episodes: dict[str, _Episode] = {}
+        self.sample_age_ms = LatencyWindow(config.monitor.latency_window_s, now_s)
+        self.poll_to_score_ms = LatencyWindow(config.monitor.latency_window_s, now_s)
+        self.totals: Counter[str] = Counter()
+
+    def score(self, samples: pd.DataFrame,
+              polled_at_s: float | None = None) -> tuple[pd.DataFrame, ScoreSummary]:
+        """Score new samples; returns the scores and the batch summary for the monitor."""
+        started = self._now_s()
+        scores = self.stream.update(samples)
+        done = self._now_s()
+        latency_ms = (done - started) * 1000.0
+        self.totals["windows"] += int(np.count_nonzero(scores["raw_score"].notna()))
+        self.totals["samples"] += len(scores)
+        if len(scores):
+            ts_s = to_ms(scores[TIMESTAMP]).to_numpy() / 1000.0
+            for age in (done - ts_s) * 1000.0:
+                self.sample_age_ms.add(float(age), at_s=done)
+            if polled_at_s is not None:
+                self.poll_to_score_ms.add((done - polled_at_s) * 1000.0, at_s=done)
+        anomalies = self._anomalies(scores, done)
+        self._close_quiet_episodes(scores, done)
+        features = self.stream.last_features
+        det = self.detector
+        summary = ScoreSummary(
+            sent_at_s=done, latency_ms=latency_ms, n_windows=len(scores),
+            device_counts=scores[DEVICE].value_counts().to_dict() if len(scores) else {},
+            anomalies=anomalies,
+            feature_counts={k: v.tolist() for k, v in
+                            bin_counts(features, det.feature_names, det.reference).items()},
+            model_version=self.model_version)
+        return scores, summary
+
+    def _anomalies(self, scores: pd.DataFrame, now_s: float) -> list[tuple[str, int, float, list[str]]]:
+        flagged = scores[scores["is_anomaly"]]
+        out = []
+        metrics = self.detector.metrics
+        for device, ts, score, tops in zip(flagged[DEVICE], to_ms(flagged[TIMESTAMP]), flagged["score"],
+                                           flagged["top_features"], strict=True):
+            named = list(dict.fromkeys(metric_of(f, metrics) for f in tops))
+            out.append((str(device), int(ts), float(score), named))
+            self._extend_episode(str(device), int(ts), float(score), named, now_s)
+        self.totals["anomalies"] += len(out)
+        return out
+
+    def _extend_episode(self, device: str, ts_ms: int, score: float, metrics: list[str],
+                        now_s: float) -> None:
+        gap_ms = self.config.alerts.resolve_after_s * 1000
+        episode = self.episodes.get(device)
+        if episode is not None and ts_ms - episode.last_ms > gap_ms:
+            self._write_episode(device, episode, "resolved", now_s)
+            episode = None
+        if episode is None:
+            episode = self.episodes[device] = _Episode(f"anomaly-{device}-{ts_ms}", ts_ms, ts_ms)
+        episode.last_ms = max(episode.last_ms, ts_ms)
+        episode.max_score = max(episode.max_score, score)
+        episode.points += 1
+        if metrics:
+            episode.metrics[metrics[0]] += 1
+        if episode.points == 1 or now_s - episode.written_at_s >= EPISODE_REFRESH_S:
+            self._write_episode(device, episode, "open", now_s)
+
+    def _close_quiet_episodes(self, scores: pd.DataFrame, now_s: float) -> None:
+        """Close episodes of devices whose newest scored sample is quiet for long enough."""
+        if not self.episodes or scores.empty:
+            return
+        newest = scores.groupby(DEVICE)[TIMESTAMP].max()
+        gap_ms = self.config.alerts.resolve_after_s * 1000
+        for device, ts in newest.items():
+            episode = self.episodes.get(device)
+            if episode is not None and ts.value // 1_000_000 - episode.last_ms > gap_ms:
+                self._write_episode(device, episode, "resolved", now_s)
+                del self.episodes[device]
+
+    def _write_episode(self, device: str, episode: _Episode, status: str, now_s: float) -> None:
+        named = [m for m, _ in episode.metrics.most_common(MAX_EVENT_METRICS)]
+        self.store.upsert_event(Event(
+            kind="anomaly", device_id=device, metrics=named, status=status,
+            ts=pd.Timestamp(episode.start_ms, unit="ms", tz="UTC").to_pydatetime(),
+            message=f"anomaly on {device}: {', '.join(named) or 'no single metric'} "
+                    f"(max score {episode.max_score:.2f}, {episode.points} points)",
+            payload={"start_ms": episode.start_ms, "end_ms": episode.last_ms, "max_score": episode.max_score,
+                     "points": episode.points, "model_version": self.model_version},
+            event_id=episode.event_id))
+        episode.written_at_s = now_s
+        self.totals["events_written"] += 1
+
+    def flush(self) -> None:
+        """Write every open episode's current state (before the actor stops)."""
+        now_s = self._now_s()
+        for device, episode in self.episodes.items():
+            self._write_episode(device, episode, "open", now_s)
+
+    def stats(self) -> dict[str, Any]:
+        return {"totals": dict(self.totals), "devices": len(self.stream.devices),
+                "open_episodes": len(self.episodes), "model_version": self.model_version,
+                "sample_age_ms": self.sample_age_ms.stats(),
+                "poll_to_score_ms": self.poll_to_score_ms.stats()}

@@ -1,0 +1,114 @@
+"""``eyenet ingest`` / ``python -m jobs.ingest``: run the live pipeline from a source.
+
+``--history-s H`` starts every device's cursor H seconds back, so the collectors first
+generate (simulated) or read (replay) that much history as fast as the machine allows,
+then follow the live clock; ``--until-caught-up`` stops there (history for training).
+Otherwise it runs for ``--seconds`` or until interrupted, printing progress.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from eyenet.simulate import Incident
+
+from eyenet.config import EyeNetConfig
+from eyenet.errors import ConfigError
+
+PROGRESS_EVERY_S = 10.0
+CAUGHT_UP_LAG_INTERVALS = 3
+INCIDENT_RE = re.compile(
+    r"^(?P<kind>[a-z_]+):(?P<device>[^:]+):(?P<start>-?\d+(\.\d+)?):(?P<dur>\d+(\.\d+)?)$")
+
+
+def parse_incident(text: str, origin_ms: int) -> Incident:
+    """``KIND:DEVICE:START_S:DURATION_S``, START_S relative to the ingest's start."""
+    match = INCIDENT_RE.match(text)
+    if not match:
+        raise ConfigError(f"--incident {text!r} must look like KIND:DEVICE:START_S:DURATION_S, "
+                          "e.g. ddos_burst:dev-0003:120:300", "incident", text)
+    start_ms = origin_ms + int(float(match["start"]) * 1000)
+    return Incident(device_id=match["device"], kind=match["kind"], start_ms=start_ms,
+                    end_ms=start_ms + int(float(match["dur"]) * 1000), metrics=[], magnitude=0.0)
+
+
+def source_options(args: Any, now_s: float) -> tuple[dict[str, Any], int | None]:
+    """Source options from CLI arguments, and the collectors' start cursor."""
+    origin_ms = int(now_s * 1000)
+    start_ms = origin_ms - int(args.history_s * 1000) if args.history_s else None
+    if args.source == "replay":
+        if not args.files:
+            raise ConfigError("--source replay needs --files PATH [PATH ...]", "files")
+        return {"paths": list(args.files), "speed": args.speed, "origin_wall_s": now_s}, None
+    options: dict[str, Any] = {"devices": args.devices, "seed": args.seed, "speed": args.speed,
+                               "origin_wall_s": now_s, "garbage_rate": args.garbage_rate,
+                               "incident_rate_per_device_day": args.incident_rate}
+    if args.incident:
+        options["incidents"] = [parse_incident(t, origin_ms) for t in args.incident]
+    return options, start_ms
+
+
+def run_ingest(config: EyeNetConfig, args: Any) -> dict[str, Any]:
+    from actors.pipeline import start_pipeline
+    from jobs._ray import ensure_ray
+
+    if args.seconds is not None and args.seconds <= 0:
+        raise ConfigError(f"--seconds must be > 0, got {args.seconds}", "seconds", args.seconds)
+    now_s = time.time()
+    options, start_ms = source_options(args, now_s)
+    ensure_ray()
+    pipeline = start_pipeline(config, args.source, options, start_ms=start_ms, score=not args.no_score)
+    started = time.time()
+    next_progress = started + PROGRESS_EVERY_S
+    try:
+        while True:
+            time.sleep(1.0)  # the driver only watches; the actors do the work
+            if args.seconds is not None and time.time() - started >= args.seconds:
+                break
+            if args.until_caught_up or time.time() >= next_progress:
+                stats = pipeline.stats()
+                lag_s = max(c["lag_s"] for c in stats["collectors"])
+                if time.time() >= next_progress:
+                    print(progress_line(stats, lag_s, time.time() - started), flush=True)
+                    next_progress += PROGRESS_EVERY_S
+                if args.until_caught_up and lag_s <= CAUGHT_UP_LAG_INTERVALS * config.sample_interval_s:
+                    break
+    except KeyboardInterrupt:
+        print("stopping...", flush=True)
+    final = pipeline.stop()
+    return summarise(final, time.time() - started)
+
+
+def progress_line(stats: dict[str, Any], lag_s: float, elapsed_s: float) -> str:
+    rejected = sum(c["totals"].get("rejected", 0) for c in stats["collectors"])
+    return (f"[{elapsed_s:6.0f} s] stored {stats['stored']:,} samples, scored {stats['scored']:,}, "
+            f"rejected {rejected:,}, lag {lag_s:.1f} s")
+
+
+def summarise(final: dict[str, Any], seconds: float) -> dict[str, Any]:
+    collectors = final["collectors"]
+    totals: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for c in collectors:
+        for key, value in c["totals"].items():
+            totals[key] = totals.get(key, 0) + value
+        for key, value in {**c["rejected"], **{f"repaired:{k}": v for k, v in c["repaired"].items()}}.items():
+            reasons[key] = reasons.get(key, 0) + value
+    scorers = final.get("feature_actors", [])
+    return {"seconds": round(seconds, 1), "devices": sum(c["devices"] for c in collectors),
+            "totals": totals, "reasons": reasons,
+            "scored": sum(s["totals"].get("samples", 0) for s in scorers),
+            "anomalies": sum(s["totals"].get("anomalies", 0) for s in scorers),
+            "failing_devices": {d: v for c in collectors for d, v in c["failing_devices"].items()},
+            "silent_devices": [d for c in collectors for d in c["silent_devices"]]}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from eyenet.cli import main
+
+    sys.exit(main(["ingest", *sys.argv[1:]]))
+

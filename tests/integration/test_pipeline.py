@@ -1,0 +1,220 @@
+"""The live pipeline on the shared local Ray: collectors, feature pool, monitor.
+
+Each test gets its own store (and kills the named monitor afterwards, since a detached
+monitor would otherwise carry one test's store into the next). Simulated fleets run a
+backlog (cursors start in the past), so minutes of telemetry pass in seconds; every wait
+is on a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from eyenet.config import EyeNetConfig
+from eyenet.detector import Detector
+from eyenet.registry import ModelRegistry
+from eyenet.simulate import Incident, SimulatedSource
+from eyenet.store import open_store
+from eyenet.telemetry import TIMESTAMP, TelemetryValidator, to_ms
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+DEVICES = 6
+SEED = 11
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 120.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def make_config(tmp_path: Path, **overrides) -> EyeNetConfig:
+    base = {
+        "store_uri": f"sqlite:///{tmp_path}/eyenet.db", "artifact_root": str(tmp_path / "artifacts"),
+        "detector": {"window_steps": 10, "hidden_size": 16, "num_layers": 1, "max_epochs": 30,
+                     "max_train_time_s": 20, "batch_size": 64, "learning_rate": 0.005},
+        "streaming": {"devices_per_actor": 3, "feature_actors": 2, "fetch_chunk_s": 60},
+        "monitor": {"check_interval_s": 1, "min_drift_samples": 300, "snapshot_interval_s": 5},
+        "alerts": {"anomaly_min_points": 3, "anomaly_window_s": 60},
+    }
+    for key, value in overrides.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return EyeNetConfig.from_dict(base)
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """A small detector trained on 20 minutes of the simulated fleet, and that history."""
+    tmp = tmp_path_factory.mktemp("model")
+    config = make_config(tmp)
+    source = SimulatedSource(config, devices=DEVICES, seed=SEED)
+    end_ms = int(time.time() * 1000) - 3_600_000
+    raw = source.fetch(source.devices(), end_ms - 1_200_000, end_ms).samples
+    history = TelemetryValidator(config).validate(raw).accepted
+    detector = Detector(config.detector, config.metrics, config.gap_s).fit(history)
+    return detector.save(tmp / "model"), history
+
+
+@pytest.fixture
+def monitor_cleanup() -> Iterator[None]:
+    yield
+    import ray
+
+    from actors.monitor import find_monitor
+
+    monitor = find_monitor()
+    if monitor is not None:
+        ray.kill(monitor, no_restart=True)
+        wait_for(lambda: find_monitor() is None, 30, "the monitor to go")
+
+
+def promote(config: EyeNetConfig, model_dir: Path) -> None:
+    registry = ModelRegistry(open_store(config.store_uri), config.artifact_root)
+    copy = Path(config.artifact_root).parent / "upload"
+    shutil.copytree(model_dir, copy)
+    mv = registry.register(copy)
+    registry.promote(mv.name, mv.version)
+
+
+def run_backlog(config: EyeNetConfig, options: dict, backlog_s: int, score: bool = True):
+    """Start a pipeline whose cursors begin ``backlog_s`` ago; return it once it caught up."""
+    from actors.pipeline import start_pipeline
+
+    now_s = time.time()
+    pipeline = start_pipeline(config, "simulated", {"devices": DEVICES, "seed": SEED, "origin_wall_s": now_s,
+                                                    **options},
+                              start_ms=int(now_s * 1000) - backlog_s * 1000, score=score)
+    return pipeline, int(now_s * 1000)
+
+
+def caught_up(pipeline, until_ms: int, kind: str = "simulated") -> bool:
+    stats = pipeline.stats()
+    if any(c["lag_s"] > 5 or c["pending_samples"] for c in stats["collectors"]):
+        return False
+    state = [open_store(pipeline.config.store_uri).get_state(f"collector/{kind}-{i}")
+             for i in range(len(pipeline.collectors))]
+    return all(s and min(d["cursor_ms"] for d in s["devices"]) >= until_ms for s in state)
+
+
+def scored_everything(pipeline) -> bool:
+    stats = pipeline.stats()
+    return stats["scored"] >= stats["stored"] > 0
+
+
+def test_killed_collector_restarts_and_stores_exactly_the_generated_samples(tmp_path, monitor_cleanup):
+    import ray
+
+    config = make_config(tmp_path, streaming={"fetch_chunk_s": 5})
+    pipeline, now_ms = run_backlog(config, {}, backlog_s=240, score=False)
+    victim = pipeline.collectors[0]
+    before = wait_for(lambda: (s := ray.get(victim.stats.remote()))["totals"].get("stored", 0) > 100 and s,
+                      what="first samples")
+    ray.kill(victim, no_restart=False)
+    # the restarted actor answers again and moves on past the kill
+    wait_for(lambda: caught_up(pipeline, now_ms + 3000), what="every collector to catch up after the kill")
+    assert ray.get(victim.stats.remote())["pid"] != before["pid"], "Ray restarted the collector"
+    pipeline.stop()
+
+    store = open_store(config.store_uri)
+    source = SimulatedSource(config, devices=DEVICES, seed=SEED, origin_wall_s=now_ms / 1000)
+    for i in range(len(pipeline.groups)):
+        state = store.get_state(f"collector/simulated-{i}")
+        for entry in state["devices"]:
+            device, until = entry["device_id"], entry["cursor_ms"]
+            raw = source.fetch([device], now_ms - 240_000, until).samples
+            want = TelemetryValidator(config).validate(raw).accepted
+            have = store.read_range(device_ids=[device])
+            have = have[to_ms(have[TIMESTAMP]) <= until].reset_index(drop=True)
+            assert len(have) == len(want) > 200, device
+            pd.testing.assert_frame_equal(have, want, check_dtype=False)
+
+
+def test_killed_monitor_comes_back_with_its_open_alerts(tmp_path, monitor_cleanup):
+    import ray
+
+    from actors.monitor import get_monitor
+    from eyenet.monitoring import ScoreSummary
+
+    config = make_config(tmp_path)
+    monitor = get_monitor(config)
+    slow = ScoreSummary(sent_at_s=time.time(), latency_ms=450.0, n_windows=10, device_counts={"d1": 10},
+                        anomalies=[], feature_counts={}, model_version=None)
+    ray.get(monitor.record.remote(slow))
+    opened = ray.get(monitor.check.remote())
+    assert [a["kind"] for a in opened] == ["latency"]
+    ray.kill(monitor, no_restart=False)
+    alerts = wait_for(lambda: ray.get(monitor.open_alerts.remote(), timeout=60), what="the restarted monitor")
+    assert [a["event_id"] for a in alerts] == [opened[0]["event_id"]]
+    assert alerts[0]["status"] == "open"
+
+
+def test_injected_incidents_raise_deduplicated_alerts_naming_device_and_metric(tmp_path, trained_model,
+                                                                               monitor_cleanup):
+    import ray
+
+    config = make_config(tmp_path)
+    promote(config, trained_model[0])
+    now_ms = int(time.time() * 1000)
+    incidents = [Incident("dev-0002", "ddos_burst", now_ms - 400_000, now_ms - 280_000, [], 20.0),
+                 Incident("dev-0004", "latency_spike", now_ms - 250_000, now_ms - 130_000, [], 10.0)]
+    pipeline, now_ms = run_backlog(config, {"incidents": incidents}, backlog_s=600)
+    wait_for(lambda: caught_up(pipeline, now_ms) and scored_everything(pipeline), what="the backlog scored")
+    pipeline.stop()
+    store = open_store(config.store_uri)
+
+    def alerts_for(device: str):
+        return store.list_events(kind="device_anomaly", device_id=device)
+
+    wait_for(lambda: alerts_for("dev-0002") and alerts_for("dev-0004"), 30, "device anomaly alerts")
+    for device, metrics in (("dev-0002", {"bytes_in", "packets_in"}), ("dev-0004", {"latency"})):
+        alerts = alerts_for(device)
+        assert len(alerts) == 1, f"{device}: one deduplicated alert, got {len(alerts)}"
+        assert set(alerts[0].metrics) & metrics, f"{device} alert names {alerts[0].metrics}"
+        anomalies = store.list_events(kind="anomaly", device_id=device)
+        assert anomalies and set(anomalies[-1].metrics) & metrics
+        points = sum(e.payload["points"] for e in anomalies)
+        assert points > 3 * config.alerts.anomaly_min_points, "many anomalous points, one alert"
+    live = {a["device_id"] for a in ray.get(pipeline.monitor.open_alerts.remote())
+            if a["kind"] == "device_anomaly"}
+    assert {"dev-0002", "dev-0004"} <= live
+
+
+@pytest.mark.parametrize("drifted", [False, True], ids=["clean", "drifted"])
+def test_drift_alert_only_for_a_drifted_feed(tmp_path, trained_model, monitor_cleanup, drifted):
+    """The training history replayed as is (clean) and with latency ten times higher."""
+    import ray
+
+    from actors.pipeline import start_pipeline
+
+    model_dir, history = trained_model
+    config = make_config(tmp_path, counter_metrics=[])  # the replayed file holds rates already
+    promote(config, model_dir)
+    feed = history.copy()
+    if drifted:
+        feed["latency"] *= 10
+    path = tmp_path / "feed.csv"
+    feed.to_csv(path, index=False)
+    pipeline = start_pipeline(config, "replay", {"paths": [str(path)], "speed": math.inf})
+    last_ms = int(to_ms(feed[TIMESTAMP]).max())
+    wait_for(lambda: caught_up(pipeline, last_ms, "replay") and scored_everything(pipeline),
+             what="the feed scored")
+    ray.get(pipeline.monitor.check.remote())
+    stats = ray.get(pipeline.monitor.stats.remote())
+    pipeline.stop()
+    drift_alerts = [a for a in ray.get(pipeline.monitor.open_alerts.remote()) if a["kind"] == "drift"]
+    if drifted:
+        assert {m for a in drift_alerts for m in a["metrics"]} == {"latency"}, stats["drift"]
+    else:
+        assert drift_alerts == [], stats["drift"]
