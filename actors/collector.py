@@ -18,10 +18,10 @@ from collections import Counter
 from typing import Any
 
 import pandas as pd
-from eyenet.sources import build_source
 
 from eyenet.collector import Collector
 from eyenet.config import EyeNetConfig
+from eyenet.sources import build_source
 from eyenet.store import open_store
 from eyenet.telemetry import DEVICE
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from eyenet.sources import build_source
 
 from actors.collector import COLLECTOR_CPUS, CollectorActor, route
 from actors.features import FEATURE_ACTOR_CPUS, FeatureActor, split_by_device
@@ -22,6 +21,7 @@ from actors.monitor import get_monitor
 from eyenet.config import EyeNetConfig
 from eyenet.errors import PipelineError
 from eyenet.registry import DEFAULT_MODEL_NAME, ModelRegistry
+from eyenet.sources import build_source
 from eyenet.store import open_store
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,8 @@ def start_pipeline(config: EyeNetConfig, source_kind: str, source_options: dict[
             log.warning("no production model of %s: collecting without scoring", model_name)
             score = False
         else:
-            remote = ray.remote(FeatureActor).options(num_cpus=FEATURE_ACTOR_CPUS, max_restarts=ACTOR_RESTARTS,
-                                                      max_task_retries=TASK_RETRIES)
+            remote = ray.remote(FeatureActor).options(
+                num_cpus=FEATURE_ACTOR_CPUS, max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES)
             feature_actors = [remote.remote(config.to_dict(), model_name, production.version, monitor)
                               for _ in range(config.streaming.feature_actors)]
     groups = device_groups(devices, config.streaming.devices_per_actor)

@@ -12,10 +12,9 @@ import re
 import time
 from typing import Any
 
-from eyenet.simulate import Incident
-
 from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError
+from eyenet.simulate import Incident
 
 PROGRESS_EVERY_S = 10.0
 CAUGHT_UP_LAG_INTERVALS = 3

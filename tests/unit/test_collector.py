@@ -8,11 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import pytest
-from eyenet.sources import FetchResult, Source
 
 from eyenet.collector import Collector
 from eyenet.config import EyeNetConfig
 from eyenet.errors import SourceError, StoreConnectionError
+from eyenet.sources import FetchResult, Source
 from eyenet.telemetry import TelemetryValidator
 
 METRICS = ["bytes_in", "latency"]
