@@ -84,6 +84,10 @@ class FeatureActor:
         stats["monitor_errors"] = self.monitor_errors
         return stats
 
+    def reset_stats(self) -> None:
+        """Start latency and count figures afresh (a benchmark's measured period)."""
+        self.live.reset_stats()
+
     def flush(self) -> dict[str, Any]:
         self.live.flush()
         return self.stats()

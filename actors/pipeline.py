@@ -72,16 +72,17 @@ class Pipeline:
         return ray.get([a.score_frame.remote(p) for a, p in zip(self.feature_actors, parts, strict=False)],
                        timeout=timeout_s)
 
-    def stop(self, timeout_s: float = 60.0) -> dict[str, Any]:
-        """Stop collecting, let scoring drain, close open anomaly episodes, free the actors.
-        The detached monitor keeps running."""
+    def stop(self, timeout_s: float = 60.0, keep_scorers: bool = False) -> dict[str, Any]:
+        """Stop collecting, let scoring drain, close open anomaly episodes, free the actors
+        (the feature pool stays up with ``keep_scorers``, for bulk scoring). The detached
+        monitor keeps running."""
         import ray
 
         final = {"collectors": ray.get([c.stop.remote() for c in self.collectors], timeout=timeout_s)}
         if self.feature_actors:
             final["feature_actors"] = ray.get([f.flush.remote() for f in self.feature_actors],
                                               timeout=timeout_s)
-        for handle in [*self.collectors, *self.feature_actors]:
+        for handle in [*self.collectors, *([] if keep_scorers else self.feature_actors)]:
             ray.kill(handle)
         return final
 

@@ -138,6 +138,12 @@ class LiveScorer:
         episode.written_at_s = now_s
         self.totals["events_written"] += 1
 
+    def reset_stats(self) -> None:
+        window_s = self.config.monitor.latency_window_s
+        self.sample_age_ms = LatencyWindow(window_s, self._now_s)
+        self.poll_to_score_ms = LatencyWindow(window_s, self._now_s)
+        self.totals.clear()
+
     def flush(self) -> None:
         """Write every open episode's current state (before the actor stops)."""
         now_s = self._now_s()

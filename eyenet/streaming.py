@@ -69,12 +69,17 @@ class StreamScorer:
 
     def window_frame(self, device_id: str) -> pd.DataFrame:
         """The raw rows buffered for one device (its live window), oldest first."""
-        state = self._devices.get(device_id)
-        if state is None:
-            return pd.DataFrame(columns=[DEVICE, TIMESTAMP, *self.metrics])
-        frame = pd.DataFrame(state.values, columns=self.metrics)
-        frame.insert(0, TIMESTAMP, from_ms(state.ts_ms))
-        frame.insert(0, DEVICE, device_id)
+        return self._frame([device_id] if device_id in self._devices else [])
+
+    def _frame(self, device_ids: list[str]) -> pd.DataFrame:
+        """Buffered rows of these devices as one telemetry frame, built from arrays at once
+        (a frame per device costs more than the forward pass)."""
+        states = [self._devices[d] for d in device_ids]
+        values = np.vstack([s.values for s in states]) if states else np.empty((0, len(self.metrics)))
+        frame = pd.DataFrame(values, columns=self.metrics)
+        ts_ms = np.concatenate([s.ts_ms for s in states]) if states else np.empty(0, np.int64)
+        frame.insert(0, TIMESTAMP, from_ms(ts_ms))
+        frame.insert(0, DEVICE, np.repeat(np.asarray(device_ids, dtype=object), [len(s.ts_ms) for s in states]))
         return frame
 
     def update(self, samples: pd.DataFrame) -> pd.DataFrame:
@@ -87,7 +92,7 @@ class StreamScorer:
         devices = samples[DEVICE].astype(str).to_numpy()
         values = samples[self.metrics].to_numpy(np.float64, copy=True)
         touched = self._append(devices, ts_ms, values)
-        frame = pd.concat([self.window_frame(d) for d in touched], ignore_index=True)
+        frame = self._frame(touched)
         feats = self.detector.features(frame)
         scaled = self.detector.scaler.transform(feats.values)
         last_ms = np.array([self._devices[d].last_scored_ms or -1 for d in feats.device_ids])
@@ -172,14 +177,17 @@ class StreamScorer:
     def _trim(self, scored: pd.DataFrame) -> None:
         if scored.empty:
             return
-        last = scored.groupby(DEVICE, sort=False)[TIMESTAMP].max()
-        flags = scored.groupby(DEVICE, sort=False)["is_anomaly"].agg(["size", "sum"])
-        for device, ts in last.items():
-            state = self._devices[device]
-            state.last_scored_ms = int(ts.value // 1_000_000)
+        devices = scored[DEVICE].to_numpy()
+        ts_ms = to_ms(scored[TIMESTAMP]).to_numpy()
+        flags = scored["is_anomaly"].to_numpy()
+        ends = np.r_[np.flatnonzero(devices[1:] != devices[:-1]), len(devices) - 1]  # sorted by device
+        starts = np.r_[0, ends[:-1] + 1]
+        for a, b in zip(starts, ends, strict=True):
+            state = self._devices[devices[a]]
+            state.last_scored_ms = int(ts_ms[a:b + 1].max())
             state.ts_ms, state.values = state.ts_ms[-self.buffer_rows:], state.values[-self.buffer_rows:]
-            state.scored += int(flags.at[device, "size"])
-            state.anomalies += int(flags.at[device, "sum"])
+            state.scored += int(b + 1 - a)
+            state.anomalies += int(flags[a:b + 1].sum())
 
     def _empty(self) -> pd.DataFrame:
         return pd.DataFrame({DEVICE: pd.Series(dtype=object), TIMESTAMP: from_ms([]),

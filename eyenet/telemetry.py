@@ -287,8 +287,10 @@ class TelemetryValidator:
         """
         chain = frame[~frame["_late"]]
         dev = chain[DEVICE]
+        # integer group keys: grouping by the string column re-hashes it on every call
+        group = pd.factorize(dev)[0]
         ts = chain["_ts_ms"].astype("float64")
-        prev_row_ts = ts.groupby(dev, sort=False).shift(1)
+        prev_row_ts = ts.groupby(group, sort=False).shift(1)
         prev_row_ts = prev_row_ts.fillna(dev.map(
             {d: s.last_ts_ms for d, s in self._state.items() if s.last_ts_ms is not None}))
         gap_ms = self.config.gap_s * 1000
@@ -305,8 +307,8 @@ class TelemetryValidator:
                 frame.loc[late_values, m] = np.nan
             raw = chain[m]
             valid_ts = ts.where(raw.notna())
-            prev = raw.groupby(dev, sort=False).ffill().groupby(dev, sort=False).shift(1)
-            prev_ts = valid_ts.groupby(dev, sort=False).ffill().groupby(dev, sort=False).shift(1)
+            prev = raw.groupby(group, sort=False).ffill().groupby(group, sort=False).shift(1)
+            prev_ts = valid_ts.groupby(group, sort=False).ffill().groupby(group, sort=False).shift(1)
             need = prev.isna()
             if need.any():
                 prev[need] = dev[need].map(
@@ -335,12 +337,13 @@ class TelemetryValidator:
 
     def _remember_counter(self, metric: str, dev: pd.Series, raw: pd.Series,
                           valid_ts: pd.Series) -> None:
-        last_raw = raw.groupby(dev, sort=False).last().dropna()
-        last_ts = valid_ts.groupby(dev, sort=False).last()
-        for device_id, value in last_raw.items():
+        last = pd.DataFrame({"raw": raw, "ts": valid_ts}).groupby(dev, sort=False).last().dropna()
+        # plain Python values: a per-device loop over pandas scalars costs more than the rates
+        for device_id, value, ts in zip(last.index.tolist(), last["raw"].tolist(), last["ts"].tolist(),
+                                        strict=True):
             state = self._state.setdefault(device_id, DeviceState())
             state.counter_raw[metric] = float(value)
-            state.counter_ts_ms[metric] = int(last_ts[device_id])
+            state.counter_ts_ms[metric] = int(ts)
 
     def _remember(self, frame: pd.DataFrame) -> None:
         for device_id, ts_max in frame.groupby(DEVICE, sort=False)["_ts_ms"].max().items():
