@@ -79,7 +79,8 @@ class StreamScorer:
         frame = pd.DataFrame(values, columns=self.metrics)
         ts_ms = np.concatenate([s.ts_ms for s in states]) if states else np.empty(0, np.int64)
         frame.insert(0, TIMESTAMP, from_ms(ts_ms))
-        frame.insert(0, DEVICE, np.repeat(np.asarray(device_ids, dtype=object), [len(s.ts_ms) for s in states]))
+        rows_per_device = [len(s.ts_ms) for s in states]
+        frame.insert(0, DEVICE, np.repeat(np.asarray(device_ids, dtype=object), rows_per_device))
         return frame
 
     def update(self, samples: pd.DataFrame) -> pd.DataFrame:
