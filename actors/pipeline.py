@@ -101,6 +101,12 @@ def start_pipeline(config: EyeNetConfig, source_kind: str, source_options: dict[
     source = build_source(source_kind, config, **source_options)  # validates options here, once
     devices = device_ids or source.devices()
     source.close()
+    if source.interval_s > config.gap_s:
+        raise PipelineError(
+            f"source {source_kind} delivers a sample every {source.interval_s:g} s but the config's "
+            f"sample_interval_s is {config.sample_interval_s:g} s (gaps from {config.gap_s:g} s): every "
+            "sample would start a new segment and nothing could be scored; set sample_interval_s "
+            f"(EYENET_SAMPLE_INTERVAL_S={source.interval_s:g})")
     if not devices:
         raise PipelineError(f"source {source_kind} has no devices")
     monitor = get_monitor(config)

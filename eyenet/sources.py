@@ -279,7 +279,9 @@ class ReplaySource(Source):
     def now_ms(self) -> int:
         if math.isinf(self._speed):
             return self._last_ms
-        return int(self._first_ms + (self._clock() - self._origin_s) * 1000.0 * self._speed)
+        now = int(self._first_ms + (self._clock() - self._origin_s) * 1000.0 * self._speed)
+        # a replay that does not loop ends at its last sample: collectors then count as caught up
+        return now if self._loop else min(now, self._last_ms)
 
     def fetch(self, device_ids: Sequence[str], since_ms: int, until_ms: int) -> FetchResult:
         until_ms = min(int(until_ms), self.now_ms())

@@ -309,8 +309,11 @@ def flag_incidents(frame: pd.DataFrame, events: list[Any], tolerance_s: float) -
     for event in events:
         if event.device_id is None:
             continue
-        at = int(pd.Timestamp(event.ts).value // 1_000_000)
-        label[(devices == event.device_id) & (np.abs(ts_ms - at) <= tolerance_s * 1000)] = 1
+        # live anomaly events cover an episode (payload start_ms..end_ms); others a moment
+        start = int(event.payload.get("start_ms", pd.Timestamp(event.ts).value // 1_000_000))
+        end = int(event.payload.get("end_ms", start))
+        near = (ts_ms >= start - tolerance_s * 1000) & (ts_ms <= end + tolerance_s * 1000)
+        label[(devices == event.device_id) & near] = 1
     frame[LABEL] = label.astype(np.int64)
     return frame
 

@@ -189,6 +189,30 @@ def test_injected_incidents_raise_deduplicated_alerts_naming_device_and_metric(t
     live = {a["device_id"] for a in ray.get(pipeline.monitor.open_alerts.remote())
             if a["kind"] == "device_anomaly"}
     assert {"dev-0002", "dev-0004"} <= live
+    # the report over the run counts those anomalies and alerts, and is saved in the store
+    report = ray.get(pipeline.monitor.report.remote(now_ms / 1000 - 60, None))
+    per_device = {r["device_id"]: r["anomalies"] for r in report["anomalies_by_device"]}
+    assert per_device.get("dev-0002", 0) > 3 and per_device.get("dev-0004", 0) > 3
+    assert report["alerts"]["by_kind"].get("device_anomaly", 0) >= 2
+    assert report["windows_scored"] > 0 and report["latency"]["count"] > 0
+    assert store.get_report(report["report_id"])["windows_scored"] == report["windows_scored"]
+
+
+def test_ingest_command_builds_history_and_counts_bad_samples(tmp_path, monitor_cleanup, capsys):
+    import json
+
+    from eyenet.cli import main
+
+    uri = f"sqlite:///{tmp_path}/eyenet.db"
+    code = main(["ingest", "--source", "simulated", "--devices", "4", "--history-s", "120",
+                 "--until-caught-up", "--no-score", "--garbage-rate", "0.05", "--json",
+                 "--store", uri, "--artifact-root", str(tmp_path / "artifacts")])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["devices"] == 4
+    assert summary["totals"]["stored"] == open_store(uri).count_samples() >= 4 * 110
+    assert summary["totals"]["rejected"] > 0
+    assert any(k.startswith(("future_timestamp", "duplicate")) for k in summary["reasons"])
 
 
 @pytest.mark.parametrize("drifted", [False, True], ids=["clean", "drifted"])

@@ -218,3 +218,33 @@ def test_a_fresh_collector_on_a_replay_starts_at_its_first_sample(cfg, store, tm
     while not collector.poll().caught_up:
         pass
     assert store.count_samples("r1") == 50, "the first row is not skipped"
+
+
+def test_a_vanished_device_is_reported_silent_and_the_others_go_on(cfg, store):
+    from eyenet.simulate import SimulatedSource
+
+    config = EyeNetConfig()
+    clock = Clock(T0_MS / 1000 + 60)
+    source = SimulatedSource(config, devices=3, seed=2, start_ms=T0_MS, origin_wall_s=T0_MS / 1000,
+                             vanish={"dev-0001": T0_MS + 20_000}, clock=clock)
+    collector = Collector(config, source, store, source.devices(), "sim", start_ms=T0_MS, now_s=clock)
+    collector.poll()
+    assert collector.stats()["silent_devices"] == ["dev-0001"]
+    assert store.count_samples("dev-0001") == 20 and store.count_samples("dev-0000") == 60
+
+
+def test_a_replay_ends_at_its_last_sample_and_a_slower_source_than_the_config_is_refused(cfg, tmp_path):
+    from actors.pipeline import start_pipeline
+    from eyenet.errors import PipelineError
+    from eyenet.sources import ReplaySource
+
+    path = tmp_path / "slow.csv"
+    stamps = pd.date_range("2024-01-01", periods=20, freq="300s", tz="UTC")
+    pd.DataFrame({"device_id": "r1", "timestamp": stamps, "bytes_in": 1.0,
+                  "latency": 5.0}).to_csv(path, index=False)
+    clock = Clock(1000.0)
+    source = ReplaySource(cfg, [str(path)], speed=1e6, origin_wall_s=1000.0, clock=clock)
+    clock.now += 3600
+    assert source.now_ms() == int(stamps[-1].value // 1_000_000), "a finished replay does not run on"
+    with pytest.raises(PipelineError, match="sample_interval_s"):
+        start_pipeline(cfg, "replay", {"paths": [str(path)]})

@@ -100,3 +100,14 @@ def test_stored_anomaly_events_flag_their_samples_for_exclusion():
     flagged = flag_incidents(frame, events, tolerance_s=0.5)
     assert flagged["label"].tolist() == [0, 1, 0, 0]
     assert "label" not in frame.columns, "the input frame is not modified"
+
+
+def test_a_live_anomaly_episode_flags_every_sample_it_covers():
+    from eyenet.store.base import Event
+    from jobs.train import flag_incidents
+
+    frame = pd.DataFrame({"device_id": ["a"] * 8,
+                          "timestamp": pd.to_datetime(range(0, 80, 10), unit="s", utc=True), "x": 1.0})
+    episode = Event(kind="anomaly", message="m", device_id="a", ts=frame["timestamp"].iloc[2],
+                    payload={"start_ms": 20_000, "end_ms": 50_000, "points": 4})
+    assert flag_incidents(frame, [episode], tolerance_s=0.5)["label"].tolist() == [0, 0, 1, 1, 1, 1, 0, 0]
