@@ -63,7 +63,8 @@ class LiveScorer:
         scores = self.stream.update(samples)
         done = self._now_s()
         latency_ms = (done - started) * 1000.0
-        self.totals["windows"] += int(np.count_nonzero(scores["raw_score"].notna()))
+        windows = int(np.count_nonzero(scores["raw_score"].notna()))
+        self.totals["windows"] += windows
         self.totals["samples"] += len(scores)
         if len(scores):
             ts_s = to_ms(scores[TIMESTAMP]).to_numpy() / 1000.0
@@ -76,7 +77,7 @@ class LiveScorer:
         features = self.stream.last_features
         det = self.detector
         summary = ScoreSummary(
-            sent_at_s=done, latency_ms=latency_ms, n_windows=len(scores),
+            sent_at_s=done, latency_ms=latency_ms, n_windows=windows,
             device_counts=scores[DEVICE].value_counts().to_dict() if len(scores) else {},
             anomalies=anomalies,
             feature_counts={k: v.tolist() for k, v in

@@ -87,12 +87,15 @@ class StreamScorer:
         """Score the rows of ``samples`` (validated telemetry) that are newer than what each
         device has already had scored. Returns Detector.score's columns for those rows;
         older rows (late arrivals) are left out, as their neighbours were already scored."""
+        self.last_features = np.empty((0, len(self.detector.feature_names)), np.float32)
         if samples.empty:
             return self._empty()
         ts_ms = to_ms(parse_timestamps(samples[TIMESTAMP])).to_numpy()
         devices = samples[DEVICE].astype(str).to_numpy()
         values = samples[self.metrics].to_numpy(np.float64, copy=True)
         touched = self._append(devices, ts_ms, values)
+        if not touched:  # every sample was buffered already (a restarted collector re-sends)
+            return self._empty()
         frame = self._frame(touched)
         feats = self.detector.features(frame)
         scaled = self.detector.scaler.transform(feats.values)

@@ -55,8 +55,11 @@ def run_ingest(config: EyeNetConfig, args: Any) -> dict[str, Any]:
 
     if args.seconds is not None and args.seconds <= 0:
         raise ConfigError(f"--seconds must be > 0, got {args.seconds}", "seconds", args.seconds)
+    from eyenet.sources import build_source
+
     now_s = time.time()
     options, start_ms = source_options(args, now_s)
+    build_source(args.source, config, **options).close()  # bad options fail here, before Ray starts
     ensure_ray()
     pipeline = start_pipeline(config, args.source, options, start_ms=start_ms, score=not args.no_score)
     started = time.time()

@@ -22,7 +22,7 @@ UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_since(text: str, now_s: float) -> float:
-    """``1h``/``30m``/``2d`` before now, or a point in time (ISO text, epoch seconds)."""
+    """``1h``/``30m``/``2d`` before now, or a point in time (ISO 8601 text)."""
     match = DURATION_RE.match(text.strip())
     if match:
         return now_s - float(match["n"]) * UNIT_S[match["unit"]]
