@@ -141,7 +141,7 @@ def test_run_ingest_refuses_non_positive_seconds_before_ray(no_ray, seconds):
     with pytest.raises(ConfigError, match=r"--seconds must be > 0") as info:
         run_ingest(EyeNetConfig(), ingest_args("--source", "simulated", f"--seconds={seconds}"))
     assert info.value.field == "seconds" and info.value.value == float(seconds)
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    # (the no_ray fixture fails the test if ensure_ray or start_pipeline is reached)
 
 
 def test_run_ingest_refuses_replay_without_files_before_ray(no_ray):
@@ -291,7 +291,6 @@ def test_importing_the_actor_modules_does_not_start_ray():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["ray"] is False
     assert result["routes"] == [route(d, 3) for d in DEVICE_IDS[:200]]  # stable across processes
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
 @pytest.mark.parametrize("n_actors", [1, 2, 3, 7])
