@@ -104,3 +104,38 @@ def register_model(store_uri: str, artifact_root: str, model_dir: str) -> int:
         return ModelRegistry(store, artifact_root).register(model_dir).version
     finally:
         store.close()
+
+
+class Clock:
+    """An injected clock: returns ``now``; with ``step`` it moves on after every reading.
+    ``t`` is the same value (the monitor's tests speak of ``t``)."""
+
+    def __init__(self, now: float = 0.0, step: float = 0.0) -> None:
+        self.now, self.step = now, step
+
+    def __call__(self) -> float:
+        now = self.now
+        self.now += self.step
+        return now
+
+    @property
+    def t(self) -> float:
+        return self.now
+
+    @t.setter
+    def t(self, value: float) -> None:
+        self.now = value
+
+
+class ListSink:
+    """An alert sink that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.closed = False
+
+    def notify(self, event: Any) -> None:
+        self.events.append(event)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self.closed = True

@@ -28,28 +28,9 @@ from eyenet.alerts import (
 from eyenet.config import AlertConfig
 from eyenet.errors import ConfigError, StoreError
 from eyenet.store import Event
+from tests.helpers import Clock, ListSink
 
 T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.closed = False
-
-    def notify(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        self.closed = True
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -69,7 +50,7 @@ def _fire_latency(manager: AlertManager, value: float = 150.0) -> Event | None:
 
 
 def test_repeats_while_open_are_one_alert(store) -> None:
-    clock, sink = Clock(), ListSink()
+    clock, sink = Clock(T0), ListSink()
     manager = AlertManager(store, _config(), [sink], clock)
     first = _fire_latency(manager)
     assert first is not None and first.event_id == f"alert-latency-fleet-{round(T0 * 1000)}"
@@ -92,7 +73,7 @@ def test_repeats_while_open_are_one_alert(store) -> None:
 
 def test_repeat_store_writes_are_throttled_and_resolution_writes_the_final_state(
         store, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock, sink = Clock(), ListSink()
+    clock, sink = Clock(T0), ListSink()
     writes: list[tuple[str, str, int]] = []
     upsert = store.upsert_event
 
@@ -124,7 +105,7 @@ def test_repeat_store_writes_are_throttled_and_resolution_writes_the_final_state
 
 
 def test_clear_resolves_once_clear_for_resolve_after_s(store) -> None:
-    clock, sink = Clock(), ListSink()
+    clock, sink = Clock(T0), ListSink()
     manager = AlertManager(store, _config(resolve_after_s=60.0), [sink], clock)
     opened = manager.fire("device_anomaly", "r1", "r1 anomalous", "critical", ["latency"], 5, 3,
                           device_id="r1")
@@ -143,7 +124,7 @@ def test_clear_resolves_once_clear_for_resolve_after_s(store) -> None:
 
 
 def test_cooldown_suppresses_a_new_alert_after_resolution(store) -> None:
-    clock, sink = Clock(), ListSink()
+    clock, sink = Clock(T0), ListSink()
     manager = AlertManager(store, _config(cooldown_s=300.0, resolve_after_s=60.0), [sink], clock)
     first = _fire_latency(manager)
     clock.t += 60
@@ -161,7 +142,7 @@ def test_cooldown_suppresses_a_new_alert_after_resolution(store) -> None:
 
 
 def test_recover_keeps_open_alerts_without_notifying_again(store) -> None:
-    clock, sink = Clock(), ListSink()
+    clock, sink = Clock(T0), ListSink()
     manager = AlertManager(store, _config(), [sink], clock)
     opened = manager.fire("device_anomaly", "10.0.0.1", "anomalous", "critical", ["bytes_in"], 4, 3,
                           device_id="10.0.0.1")
@@ -197,7 +178,7 @@ def test_store_and_sink_failures_do_not_stop_alerting() -> None:
             raise RuntimeError("sink bug")
 
     sink = ListSink()
-    manager = AlertManager(BrokenStore(), _config(), [Exploding(), sink], Clock())
+    manager = AlertManager(BrokenStore(), _config(), [Exploding(), sink], Clock(T0))
     assert _fire_latency(manager) is not None
     assert len(sink.events) == 1
     stats = manager.stats()

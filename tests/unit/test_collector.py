@@ -14,17 +14,10 @@ from eyenet.config import EyeNetConfig
 from eyenet.errors import SourceError, StoreConnectionError
 from eyenet.sources import FetchResult, Source
 from eyenet.telemetry import TelemetryValidator
+from tests.helpers import Clock
 
 METRICS = ["bytes_in", "latency"]
 T0_MS = 1_700_000_000_000
-
-
-class Clock:
-    def __init__(self, start_s: float) -> None:
-        self.now = start_s
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class GridSource(Source):

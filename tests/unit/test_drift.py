@@ -10,16 +10,9 @@ import pytest
 
 from eyenet.drift import DriftTracker, bin_counts, ks, psi
 from eyenet.features import feature_reference
+from tests.helpers import Clock
 
 NAMES = ["bytes_in", "latency"]
-
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _data(rng: np.random.Generator, n: int, shift_std: float = 0.0) -> np.ndarray:
@@ -61,7 +54,7 @@ def test_bin_counts_counts_finite_values_in_reference_bins(reference: dict) -> N
 
 @pytest.mark.parametrize("method", ["psi", "ks"])
 def test_clean_feed_is_quiet_and_shifted_feed_drifts(reference: dict, method: str) -> None:
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     clean, shifted = _tracker(reference, clock, method), _tracker(reference, clock, method)
     rng = np.random.default_rng(2)
     for _ in range(5):
@@ -85,7 +78,7 @@ def test_scores_match_the_formulas() -> None:
 
 
 def test_too_few_samples_give_no_score(reference: dict) -> None:
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     tracker = _tracker(reference, clock, min_samples=500)
     tracker.add(bin_counts(_data(np.random.default_rng(3), 499), NAMES, reference))
     assert tracker.scores() == {"bytes_in": None, "latency": None}
@@ -111,7 +104,7 @@ def test_old_buckets_fall_out_of_the_window(reference: dict) -> None:
 
 
 def test_memory_is_bounded_by_buckets_not_values(reference: dict) -> None:
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     tracker = _tracker(reference, clock, window_s=600.0, bucket_s=60.0)
     counts = bin_counts(_data(np.random.default_rng(6), 100), NAMES, reference)
     for _ in range(1000):
@@ -137,7 +130,7 @@ def test_late_counts_join_their_bucket_and_bad_shapes_are_rejected(reference: di
 
 
 def test_state_round_trips_through_json_and_checks_the_reference(reference: dict) -> None:
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     tracker = _tracker(reference, clock, method="ks")
     tracker.add(bin_counts(_data(np.random.default_rng(7), 2000, shift_std=1.0), NAMES, reference))
     state = json.loads(json.dumps(tracker.to_state()))

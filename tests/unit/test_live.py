@@ -13,6 +13,7 @@ from eyenet.live import LiveScorer
 from eyenet.monitoring import ScoreSummary
 from eyenet.store import open_store
 from eyenet.telemetry import to_ms
+from tests.helpers import Clock
 from tests.unit.test_detector import METRICS, T0, config, one_thread, telemetry  # noqa: F401
 
 HOT, CALM = "hot", "calm"
@@ -37,18 +38,6 @@ def eyenet_config() -> EyeNetConfig:
 def detector() -> Detector:
     cfg = eyenet_config()
     return Detector(cfg.detector, cfg.metrics, gap_s=cfg.gap_s).fit(telemetry(600, devices=("r1", "r2")))
-
-
-class Clock:
-    """Returns ``now``; with ``step`` it moves on by ``step`` after every reading."""
-
-    def __init__(self, now: float = 0.0, step: float = 0.0) -> None:
-        self.now, self.step = now, step
-
-    def __call__(self) -> float:
-        now = self.now
-        self.now += self.step
-        return now
 
 
 def feed_ms(second: float) -> int:

@@ -12,29 +12,10 @@ from eyenet.config import AlertConfig, EyeNetConfig, MonitorConfig
 from eyenet.drift import bin_counts
 from eyenet.features import feature_reference
 from eyenet.monitoring import LatencyHistogram, LatencyWindow, Monitor, ScoreSummary
-from eyenet.store import Event
+from tests.helpers import Clock, ListSink
 
 T0 = 1_700_000_000.0
 NAMES = ["bytes_in", "latency"]
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def notify(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        pass
 
 
 def _data(rng: np.random.Generator, n: int, shift_std: float = 0.0) -> np.ndarray:
@@ -95,7 +76,7 @@ def test_histogram_quantiles_are_within_bin_resolution_and_merge() -> None:
 
 
 def test_latency_window_slides_and_is_capped() -> None:
-    clock = Clock()
+    clock = Clock(T0)
     window = LatencyWindow(60.0, clock, max_points=1000)
     for ms in range(1, 101):
         window.add(float(ms))
@@ -111,7 +92,7 @@ def test_latency_window_slides_and_is_capped() -> None:
 
 
 def test_latency_alert_fires_above_mean_and_resolves(store) -> None:
-    clock, sink = Clock(), ListSink()
+    clock, sink = Clock(T0), ListSink()
     monitor = _monitor(store, clock, sink=sink)
     for ms in (90.0, 100.0, 110.0):
         monitor.record(_summary(ms))
@@ -135,7 +116,7 @@ def test_latency_alert_fires_above_mean_and_resolves(store) -> None:
 # -- drift --------------------------------------------------------------------------------
 def test_drift_alert_on_a_shifted_feed_but_not_on_a_clean_one(store, reference: dict) -> None:
     rng = np.random.default_rng(2)
-    clean = _monitor(store, Clock(), reference)
+    clean = _monitor(store, Clock(T0), reference)
     for _ in range(4):
         clean.record(_summary(feature_counts=_counts(rng, reference, 300)))
     assert all(s is not None and s < 0.1 for s in clean.stats()["drift"].values())
@@ -154,7 +135,7 @@ def test_drift_alert_on_a_shifted_feed_but_not_on_a_clean_one(store, reference: 
 
 def test_stale_model_counts_are_skipped_and_set_reference_resets_drift(store, reference: dict) -> None:
     rng = np.random.default_rng(3)
-    monitor = _monitor(store, Clock(), reference)
+    monitor = _monitor(store, Clock(T0), reference)
     monitor.record(_summary(feature_counts=_counts(rng, reference, 600), model_version=1))
     monitor.record(_summary(feature_counts=_counts(rng, reference, 600, 3.0), model_version=0))
     assert monitor.stats()["counts"]["drift_skipped"] == 1
@@ -166,7 +147,7 @@ def test_stale_model_counts_are_skipped_and_set_reference_resets_drift(store, re
 
 # -- device anomalies ---------------------------------------------------------------------
 def test_device_anomaly_alert_names_device_and_metrics(store) -> None:
-    clock, sink = Clock(), ListSink()
+    clock, sink = Clock(T0), ListSink()
     monitor = _monitor(store, clock, sink=sink)
     points = [("r1", 1, 0.9, ["latency", "bytes_in"]), ("r1", 2, 0.8, ["latency"]),
               ("r1", 3, 0.95, ["bytes_in", "latency"]), ("r2", 1, 0.9, ["bytes_out"]),
@@ -194,7 +175,7 @@ def test_device_anomaly_alert_names_device_and_metrics(store) -> None:
 
 
 def test_repeat_checks_do_not_renotify_and_memory_is_bounded(store) -> None:
-    clock, sink = Clock(), ListSink()
+    clock, sink = Clock(T0), ListSink()
     monitor = _monitor(store, clock, sink=sink)
     many = [(f"dev-{i}", i, 0.9, ["bytes_in"]) for i in range(200)]
     monitor.record(_summary(devices={f"dev-{i}": 1 for i in range(200)}, anomalies=many))
@@ -212,7 +193,7 @@ def test_repeat_checks_do_not_renotify_and_memory_is_bounded(store) -> None:
 
 # -- snapshots, restart, reports --------------------------------------------------------------
 def test_snapshots_follow_the_interval_and_restart_resumes(store, reference: dict) -> None:
-    clock, sink = Clock(), ListSink()
+    clock, sink = Clock(T0), ListSink()
     rng = np.random.default_rng(4)
     monitor = _monitor(store, clock, reference, sink=sink)
     monitor.record(_summary(anomalies=[("10.0.0.1", i, 0.9, ["latency"]) for i in range(3)],
@@ -245,7 +226,7 @@ def test_snapshots_follow_the_interval_and_restart_resumes(store, reference: dic
 
 
 def test_report_merges_snapshots(store) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     monitor = _monitor(store, clock)
     for i in range(90):  # period 1: fast batches; device a twice anomalous
         anomalies = [("a", i, 0.9, ["bytes_in"])] if i < 2 else []
@@ -284,7 +265,7 @@ def test_report_merges_snapshots(store) -> None:
 
 
 def test_report_averages_drift_per_feature(store, reference: dict) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     rng = np.random.default_rng(5)
     monitor = _monitor(store, clock, reference)
     monitor.record(_summary(feature_counts=_counts(rng, reference, 1000)))
