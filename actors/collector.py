@@ -30,6 +30,19 @@ log = logging.getLogger(__name__)
 # Scoring calls a collector may have outstanding before it waits (backpressure from the pool).
 MAX_INFLIGHT_SCORING = 4
 COLLECTOR_CPUS = 0.05
+# How long after a sample-grid tick a collector polls (sources need a moment to have it).
+POLL_AFTER_TICK_S = 0.05
+
+
+def next_poll_delay_s(now_s: float, interval_s: float, started_s: float) -> float:
+    """Wait until just after the next multiple of ``interval_s``: sources stamp samples on
+    that grid, so polling right after it keeps a sample's wait for its poll short (polling
+    at an arbitrary phase would add up to a whole interval of latency). Never polls sooner
+    than half an interval after the last poll started."""
+    next_tick = (now_s // interval_s + 1) * interval_s + POLL_AFTER_TICK_S
+    if next_tick - started_s < interval_s / 2:
+        next_tick += interval_s
+    return max(0.0, next_tick - now_s)
 
 
 def route(device_id: str, n_actors: int) -> int:
@@ -70,7 +83,7 @@ class CollectorActor:
                 log.exception("collector %s: poll failed", self.core.name)
                 caught_up = True
             if caught_up:
-                self._stop.wait(max(0.0, interval_s - (time.time() - started)))
+                self._stop.wait(next_poll_delay_s(time.time(), interval_s, started))
 
     def _forward(self, accepted: pd.DataFrame, polled_at_s: float) -> None:
         import ray

@@ -145,7 +145,8 @@ def run_pipeline_bench(config: EyeNetConfig, devices: int = 1000, seconds: float
     # measured period begins; figures are reset once that backlog is scored.
     warmup_s = (config.detector.window_steps + 2) * config.sample_interval_s
     origin_s = time.time()
-    options = {"devices": devices, "seed": SEED, "origin_wall_s": origin_s}
+    # the fleet's clock is the wall clock (start_ms = origin), so a sample's age is its latency
+    options = {"devices": devices, "seed": SEED, "origin_wall_s": origin_s, "start_ms": int(origin_s * 1000)}
     pipeline = start_pipeline(config, "simulated", options, start_ms=int((origin_s - warmup_s) * 1000))
     _wait_caught_up(pipeline, int(origin_s * 1000))
     ray.get([f.reset_stats.remote() for f in pipeline.feature_actors])

@@ -387,3 +387,15 @@ def test_collector_counts_every_injected_defect_and_stores_the_rest(store):
     missing = int(np.isnan(values).sum())
     # defective values become missing (NaN) rather than being stored as they came
     assert missing >= sum(value_defects.values())
+
+
+def test_collectors_poll_just_after_the_next_grid_tick():
+    from actors.collector import POLL_AFTER_TICK_S, next_poll_delay_s
+
+    # mid-interval: wait for the next tick plus the offset
+    assert next_poll_delay_s(100.3, 1.0, 100.3) == pytest.approx(0.7 + POLL_AFTER_TICK_S)
+    # a poll that just started right before a tick does not poll again at once
+    assert next_poll_delay_s(100.97, 1.0, 100.96) == pytest.approx(1.03 + POLL_AFTER_TICK_S)
+    # a slow poll that overran its interval polls at the next tick
+    assert next_poll_delay_s(102.5, 1.0, 100.0) == pytest.approx(0.5 + POLL_AFTER_TICK_S)
+    assert next_poll_delay_s(300.0, 60.0, 290.0) == pytest.approx(60.0 + POLL_AFTER_TICK_S)
