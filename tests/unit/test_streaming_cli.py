@@ -27,8 +27,8 @@ from eyenet.simulate import GARBAGE, Incident, SimulatedSource
 from eyenet.sources import build_source
 from eyenet.store import open_store
 from eyenet.telemetry import to_ms
+from eyenet.timespec import parse_since
 from jobs.ingest import parse_incident, progress_line, run_ingest, source_options, summarise
-from jobs.report import parse_since
 
 REPO = Path(__file__).resolve().parents[2]
 NOW_S = 1_740_787_200.0  # 2025-03-01T00:00Z

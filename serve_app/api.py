@@ -1,0 +1,137 @@
+"""The HTTP API (FastAPI), independent of how scoring is done.
+
+:func:`create_app` takes a *backend*, the object that scores and reads: in Ray Serve it
+is the ingress deployment (which forwards scoring to the batched detector deployment);
+in unit tests a plain object around :class:`eyenet.inference.InferenceService`. Routes,
+authentication, body limits and error mapping live here once.
+
+Errors: a refused request is a 4xx whose ``detail`` names the field; nothing reaches the
+client as a 500 except a genuine server fault, logged without secrets.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from eyenet.errors import EyeNetError, StoreError
+from eyenet.inference import Prediction, PredictRequest, RequestError, ScoreRequest
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "EYENET_API_KEY"
+
+
+class Backend(Protocol):
+    async def predict(self, device_id: str) -> dict[str, Any]: ...
+    async def score(self, request: ScoreRequest) -> list[dict[str, Any]]: ...
+    def health(self) -> dict[str, Any]: ...
+    def models(self) -> list[dict[str, Any]]: ...
+    def devices(self) -> list[dict[str, Any]]: ...
+    def anomalies(self, device_id: str | None, limit: int) -> list[dict[str, Any]]: ...
+    def report(self, since: str) -> dict[str, Any]: ...
+
+
+BEARER = HTTPBearer(auto_error=False)
+BEARER_DEPENDENCY = Depends(BEARER)
+
+
+def _bearer_guard(api_key: str | None) -> Callable[..., Awaitable[None]]:
+    async def guard(credentials: HTTPAuthorizationCredentials | None = BEARER_DEPENDENCY) -> None:
+        if not api_key:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        # constant-time: the comparison must not reveal how much of a guess was right
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise RequestError("missing or wrong API key: send 'Authorization: Bearer <key>'",
+                               "Authorization", status=401)
+
+    return guard
+
+
+def create_app(backend: Backend, max_body_bytes: int = 1_000_000, api_key: str | None = None) -> FastAPI:
+    """The FastAPI app; ``api_key`` defaults to ``$EYENET_API_KEY`` (unset: no auth)."""
+    api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    app = FastAPI(title="EyeNet", version="1", description="Anomaly scores for network-device telemetry")
+    auth = [Depends(_bearer_guard(api_key))]
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            return _error(413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}",
+                          "body")
+        return await call_next(request)
+
+    @app.exception_handler(RequestError)
+    async def refused(_: Request, exc: RequestError) -> JSONResponse:
+        return _error(exc.status, str(exc), exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        if first["type"] == "json_invalid":
+            return _error(400, f"body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
+                          "body")
+        return _error(422, f"{field}: {first['msg']}", field)
+
+    @app.exception_handler(StoreError)
+    async def store_down(_: Request, exc: StoreError) -> JSONResponse:
+        log.warning("store error: %s", exc)
+        return _error(503, "the store is unavailable", "store")
+
+    @app.exception_handler(EyeNetError)
+    async def eyenet_error(_: Request, exc: EyeNetError) -> JSONResponse:
+        log.warning("request failed: %s", exc)
+        return _error(503, str(exc), None)
+
+    @app.get("/v1/health")
+    def health() -> JSONResponse:
+        status = backend.health()
+        return JSONResponse(status, status_code=200 if status.get("ok") else 503)
+
+    @app.post("/v1/predict", response_model=Prediction, dependencies=auth)
+    async def predict(body: PredictRequest) -> dict[str, Any]:
+        return await backend.predict(body.device_id)
+
+    @app.post("/v1/score", response_model=list[Prediction], dependencies=auth)
+    async def score(body: ScoreRequest) -> list[dict[str, Any]]:
+        return await backend.score(body)
+
+    @app.get("/v1/models", dependencies=auth)
+    def models() -> list[dict[str, Any]]:
+        return backend.models()
+
+    @app.get("/v1/devices", dependencies=auth)
+    def devices() -> list[dict[str, Any]]:
+        return backend.devices()
+
+    @app.get("/v1/anomalies", dependencies=auth)
+    def anomalies(device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if not 1 <= limit <= 10_000:
+            raise RequestError(f"limit must be between 1 and 10000, got {limit}", "limit")
+        return backend.anomalies(device_id, limit)
+
+    @app.get("/v1/report", dependencies=auth)
+    def report(since: str = "1h") -> dict[str, Any]:
+        return backend.report(since)
+
+    return app
+
+
+def _error(status: int, message: str, field: str | None) -> JSONResponse:
+    return JSONResponse({"detail": message, "field": field}, status_code=status)
+
+
+def jsonable(value: Any) -> Any:
+    """Datetimes and numpy scalars as JSON-friendly values."""
+    return json.loads(json.dumps(value, default=str))

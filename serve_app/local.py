@@ -1,0 +1,85 @@
+"""An in-process backend for the API: one detector, the store, the registry, no Ray.
+
+It serves the unit tests and the serve benchmark's "bare FastAPI" baseline; the Serve
+ingress reuses its read-only endpoints and replaces scoring with calls to the batched
+detector deployment.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+
+from eyenet.config import EyeNetConfig
+from eyenet.errors import EyeNetError
+from eyenet.inference import InferenceService, RequestError, ScoreRequest
+from eyenet.registry import DEFAULT_MODEL_NAME, ModelRegistry
+from eyenet.store import Store
+from serve_app.api import jsonable
+
+ANOMALY_KINDS = ("anomaly",)
+
+
+class StoreViews:
+    """The read-only endpoints: models, devices, anomalies, reports, health."""
+
+    def __init__(self, config: EyeNetConfig, store: Store, model_name: str = DEFAULT_MODEL_NAME) -> None:
+        self.config, self.store, self.model_name = config, store, model_name
+        self.registry = ModelRegistry(store, config.artifact_root)
+
+    def health(self) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        try:
+            self.store.ping()
+            checks["store"] = "ok"
+        except EyeNetError as exc:
+            checks["store"] = f"unreachable: {exc}"
+        try:
+            production = self.registry.production(self.model_name)
+            checks["production_model"] = production.version if production else "none"
+        except EyeNetError as exc:
+            checks["production_model"] = f"unknown: {exc}"
+        ok = checks["store"] == "ok" and isinstance(checks["production_model"], int)
+        return {"ok": ok, **checks}
+
+    def models(self) -> list[dict[str, Any]]:
+        return jsonable([v.to_dict() for v in self.registry.list(self.model_name)])
+
+    def devices(self) -> list[dict[str, Any]]:
+        return jsonable([{"device_id": d.device_id, "n_samples": d.n_samples, "first_ts": d.first_ts,
+                          "last_ts": d.last_ts} for d in self.store.list_devices()])
+
+    def anomalies(self, device_id: str | None, limit: int) -> list[dict[str, Any]]:
+        events = self.store.list_events(device_id=device_id, kind="anomaly", limit=limit)
+        return jsonable([e.to_dict() for e in events])
+
+    def report(self, since: str) -> dict[str, Any]:
+        from eyenet.monitoring import Monitor
+        from eyenet.timespec import parse_since
+
+        monitor = Monitor(self.config, self.store, None, sinks=[])
+        return jsonable(monitor.report(parse_since(since, time.time())))
+
+    def stored_window(self, device_id: str, rows: int) -> pd.DataFrame:
+        window_s = rows * self.config.sample_interval_s
+        frame = self.store.last_window(device_id, window_s=window_s)
+        return frame.tail(rows).reset_index(drop=True)
+
+
+class LocalBackend(StoreViews):
+    def __init__(self, config: EyeNetConfig, store: Store, service: InferenceService,
+                 model_name: str = DEFAULT_MODEL_NAME) -> None:
+        super().__init__(config, store, model_name)
+        self.service = service
+
+    async def predict(self, device_id: str) -> dict[str, Any]:
+        rows = self.service.min_rows + self.service.detector.config.smoothing
+        return self.service.predict_stored(device_id, self.stored_window(device_id, rows))
+
+    async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
+        return self.service.score(request)
+
+
+__all__ = ["LocalBackend", "RequestError", "StoreViews"]
