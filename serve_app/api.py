@@ -65,10 +65,10 @@ def create_app(backend: Backend, max_body_bytes: int = 1_000_000, api_key: str |
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        limit = getattr(backend, "max_body_bytes", None) or max_body_bytes
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return _error(413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}",
-                          "body")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return _error(413, f"request body of {length} bytes exceeds the limit of {limit}", "body")
         return await call_next(request)
 
     @app.exception_handler(RequestError)

@@ -1,0 +1,143 @@
+"""Ray Serve deployments: the batched detector and the FastAPI ingress.
+
+``Detector`` replicas load the production model from the registry, warm up with one
+forward pass before taking traffic, batch concurrent scoring calls (``@serve.batch``:
+``serve.max_batch_size`` windows' requests, waiting at most ``serve.batch_wait_timeout_s``)
+and switch model in place on ``reconfigure({"model_version": N})``. ``check_health``
+fails when the store is unreachable or no production model exists, so Serve replaces
+the replica. The ingress serves :func:`serve_app.api.create_app` and forwards scoring to
+the detector deployment through its handle.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+from ray import serve
+
+from actors.features import load_production
+from eyenet.config import EyeNetConfig
+from eyenet.errors import EyeNetError
+from eyenet.inference import InferenceService, RequestError, ScoreRequest
+from eyenet.store import open_store
+from serve_app.api import create_app
+from serve_app.local import StoreViews
+
+log = logging.getLogger(__name__)
+APP_NAME = "eyenet"
+
+
+class DetectorReplica:
+    def __init__(self, config: dict[str, Any]) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        self.config = EyeNetConfig.from_dict(config)
+        self.store = open_store(self.config.store_uri)
+        self._load(None)
+
+    def _load(self, version: int | None) -> None:
+        detector, version = load_production(self.config, version=version)
+        service = InferenceService(detector, version, self.config.sample_interval_s)
+        warm = pd.DataFrame({"device_id": "warmup",
+                             "timestamp": pd.date_range("2024-01-01", periods=service.min_rows, freq="1s",
+                                                        tz="UTC"),
+                             **{m: 0.0 for m in detector.metrics}})
+        service.score_frames([warm])  # the first forward pass is slow; pay it before traffic
+        self.service = service
+        log.info("detector replica serves model version %s", version)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        version = user_config.get("model_version")
+        if version is not None and version != self.service.model_version:
+            self._load(int(version))
+
+    def check_health(self) -> None:
+        self.store.ping()
+        if self.service is None:
+            raise EyeNetError("no model loaded")
+
+    @serve.batch
+    async def _score_batch(self, requests: list[list[pd.DataFrame]]) -> list[list[dict[str, Any]]]:
+        flat = [frame for frames in requests for frame in frames]
+        scored = self.service.score_frames(flat)
+        out, start = [], 0
+        for frames in requests:
+            out.append(scored[start:start + len(frames)])
+            start += len(frames)
+        return out
+
+    async def score(self, frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
+        return await self._score_batch(frames)
+
+    def check_request(self, request: ScoreRequest) -> list[pd.DataFrame]:
+        return [self.service.window_frame(w, f"windows[{i}]") for i, w in enumerate(request.windows)]
+
+    def model_version(self) -> int | None:
+        return self.service.model_version
+
+
+class IngressBackend(StoreViews):
+    """The API's backend inside the ingress replica: reads from the store, scores remotely."""
+
+    def __init__(self, config: EyeNetConfig, detector_handle: Any, min_rows: int) -> None:
+        super().__init__(config, open_store(config.store_uri))
+        self.detector = detector_handle
+        self.min_rows = min_rows
+
+    async def predict(self, device_id: str) -> dict[str, Any]:
+        window = self.stored_window(device_id, self.min_rows + self.config.detector.smoothing)
+        if window.empty:
+            raise RequestError(f"unknown device {device_id!r}: no samples", "device_id", status=404)
+        if len(window) < self.min_rows:
+            raise RequestError(f"device {device_id!r} has {len(window)} recent samples; scoring needs "
+                               f"{self.min_rows}", "device_id", status=409)
+        columns = ["device_id", "timestamp", *self.config.metrics]
+        return (await self.detector.score.remote([window[columns]]))[0]
+
+    async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
+        frames = await self.detector.check_request.remote(request)
+        return await self.detector.score.remote(frames)
+
+
+class _BackendSlot:
+    """Stands in for the backend while the module-level FastAPI app is built; the ingress
+    replica fills it in ``__init__`` (Serve needs the app before the replica exists). The
+    backend is a class attribute: Serve ships the app to the replica by value, so the
+    instance it calls is a copy, while the class is imported and shared."""
+
+    target: Any = None
+    max_body_bytes: int | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        target = type(self).target
+        if target is None:
+            raise EyeNetError("the ingress replica is still starting")
+        return getattr(target, name)
+
+
+fastapi_app = create_app(_BackendSlot())
+
+
+@serve.ingress(fastapi_app)
+class Ingress:
+    def __init__(self, detector_handle: Any, config: dict[str, Any]) -> None:
+        cfg = EyeNetConfig.from_dict(config)
+        _BackendSlot.target = IngressBackend(cfg, detector_handle, cfg.detector.window_steps + 1)
+        _BackendSlot.max_body_bytes = cfg.serve.max_body_bytes
+
+
+def build_app(config: EyeNetConfig) -> Any:
+    """The Serve application: ingress → batched detector, options from ``config.serve``."""
+    opts = config.serve
+    detector = serve.deployment(
+        DetectorReplica, name="Detector", max_ongoing_requests=4 * opts.max_batch_size,
+        autoscaling_config={"min_replicas": max(1, opts.min_replicas), "max_replicas": opts.max_replicas,
+                            "target_ongoing_requests": opts.target_ongoing_requests},
+        ray_actor_options={"num_cpus": 0.5}, health_check_period_s=10)
+    DetectorReplica._score_batch.set_max_batch_size(opts.max_batch_size)
+    DetectorReplica._score_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+    ingress = serve.deployment(Ingress, name="Ingress", ray_actor_options={"num_cpus": 0.1})
+    return ingress.bind(detector.bind(config.to_dict()), config.to_dict())

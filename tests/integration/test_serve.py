@@ -1,0 +1,73 @@
+"""The Serve application over HTTP on the shared local Ray: predictions match the
+in-process detector, bad input gets a 4xx, the replica survives it."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pandas as pd
+import pytest
+
+from eyenet.config import EyeNetConfig
+from eyenet.detector import Detector
+from eyenet.registry import ModelRegistry
+from eyenet.store import open_store
+from tests.unit.test_detector import METRICS, config, telemetry
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[tuple[str, Detector, pd.DataFrame]]:
+    from ray import serve
+
+    from serve_app.deployments import APP_NAME, build_app
+
+    tmp = tmp_path_factory.mktemp("serve")
+    cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], store_uri=f"sqlite:///{tmp}/e.db",
+                       artifact_root=str(tmp / "artifacts"), serve={"min_replicas": 1, "max_replicas": 1})
+    detector = Detector(config(), METRICS, gap_s=3.0).fit(telemetry(400))
+    store = open_store(cfg.store_uri)
+    registry = ModelRegistry(store, cfg.artifact_root)
+    mv = registry.register(detector.save(tmp / "model"))
+    registry.promote(mv.name, mv.version)
+    live = telemetry(60, start_s=5000, seed=4, devices=("r1",))
+    store.write_samples(live.assign(label=pd.array([None] * len(live), dtype="Int8")))
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+    yield f"http://127.0.0.1:{port}", detector, live
+    serve.delete(APP_NAME)
+    serve.shutdown()
+
+
+def test_http_predictions_match_the_in_process_detector(served):
+    url, detector, live = served
+    window = telemetry(40, start_s=9000, seed=2, devices=("w1",))
+    body = {"windows": [{"device_id": "w1", "timestamps": [t.isoformat() for t in window["timestamp"]],
+                         "values": window[METRICS].to_numpy().tolist()}]}
+    scored = httpx.post(f"{url}/v1/score", json=body, timeout=60)
+    assert scored.status_code == 200, scored.text
+    assert scored.json()[0]["anomaly_score"] == pytest.approx(detector.score(window).iloc[-1]["score"], abs=1e-6)
+    predicted = httpx.post(f"{url}/v1/predict", json={"device_id": "r1"}, timeout=60)
+    assert predicted.status_code == 200, predicted.text
+    assert predicted.json()["model_version"] == 1
+
+
+def test_bad_input_is_a_4xx_and_the_replica_lives_on(served):
+    url, _, _ = served
+    short = {"windows": [{"values": [[1.0, 2.0, 3.0]]}]}
+    response = httpx.post(f"{url}/v1/score", json=short, timeout=60)
+    assert response.status_code == 422 and response.json()["field"] == "windows[0].values"
+    assert httpx.post(f"{url}/v1/predict", json={"device_id": "nobody"}, timeout=60).status_code == 404
+    assert httpx.post(f"{url}/v1/score", content=b"{", headers={"content-type": "application/json"},
+                      timeout=60).status_code == 400
+    assert httpx.get(f"{url}/v1/health", timeout=60).json()["ok"] is True

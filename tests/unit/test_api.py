@@ -1,0 +1,157 @@
+"""The HTTP API over an in-process backend (no Ray): predictions match the detector,
+bad input gets a 4xx naming the field, auth refuses missing or wrong keys."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from eyenet.config import EyeNetConfig
+from eyenet.detector import Detector
+from eyenet.inference import InferenceService
+from eyenet.registry import ModelRegistry
+from eyenet.store import Event, open_store
+from serve_app.api import create_app
+from serve_app.local import LocalBackend
+from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
+
+KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return Detector(config(), METRICS, gap_s=3.0).fit(telemetry(400))
+
+
+@pytest.fixture
+def setup(tmp_path, detector):
+    cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], store_uri=f"sqlite:///{tmp_path}/e.db",
+                       artifact_root=str(tmp_path / "artifacts"))
+    store = open_store(cfg.store_uri)
+    registry = ModelRegistry(store, cfg.artifact_root)
+    mv = registry.register(detector.save(tmp_path / "model"))
+    registry.promote(mv.name, mv.version)
+    live = telemetry(60, start_s=5000, seed=4, devices=("r1",))
+    store.write_samples(live.assign(label=pd.array([None] * len(live), dtype="Int8")))
+    store.upsert_event(Event(kind="anomaly", message="m", device_id="r1", metrics=["cpu"]))
+    backend = LocalBackend(cfg, store, InferenceService(detector, mv.version, cfg.sample_interval_s))
+    return cfg, store, backend, live
+
+
+def client(backend, api_key=None, max_body_bytes=1_000_000) -> TestClient:
+    return TestClient(create_app(backend, max_body_bytes=max_body_bytes, api_key=api_key or ""))
+
+
+def window_body(frame: pd.DataFrame, device="w1") -> dict:
+    return {"device_id": device, "timestamps": [t.isoformat() for t in frame["timestamp"]],
+            "values": frame[METRICS].to_numpy().tolist()}
+
+
+def test_score_matches_the_in_process_detector(setup, detector):
+    _, _, backend, _ = setup
+    frames = [telemetry(40, start_s=9000, seed=s, devices=("w1",)) for s in (1, 2)]
+    frames[1].loc[35:, "latency"] += 50  # a spike at the end of the second window
+    response = client(backend).post("/v1/score", json={"windows": [window_body(f) for f in frames]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    for frame, prediction in zip(frames, body, strict=True):
+        want = detector.score(frame).iloc[-1]
+        assert prediction["anomaly_score"] == pytest.approx(want["score"], abs=1e-6)
+        assert prediction["is_anomaly"] == bool(want["is_anomaly"])
+        assert prediction["top_features"] == want["top_features"]
+        assert prediction["model_version"] == 1
+    assert body[1]["anomaly_score"] > body[0]["anomaly_score"]
+
+
+def test_predict_scores_the_stored_live_window(setup, detector):
+    _, _, backend, live = setup
+    response = client(backend).post("/v1/predict", json={"device_id": "r1"})
+    assert response.status_code == 200, response.text
+    rows = backend.service.min_rows + detector.config.smoothing
+    want = detector.score(live.tail(rows)).iloc[-1]
+    got = response.json()
+    assert set(got) == {"device_id", "is_anomaly", "anomaly_score", "threshold", "model_version",
+                        "timestamp", "top_features"}
+    assert got["anomaly_score"] == pytest.approx(want["score"], abs=1e-6)
+    assert pd.Timestamp(got["timestamp"]) == live["timestamp"].iloc[-1]
+
+
+def test_read_endpoints(setup):
+    _, _, backend, _ = setup
+    c = client(backend)
+    assert c.get("/v1/health").json() == {"ok": True, "store": "ok", "production_model": 1}
+    assert [m["state"] for m in c.get("/v1/models").json()] == ["production"]
+    assert c.get("/v1/devices").json()[0]["device_id"] == "r1"
+    assert c.get("/v1/anomalies", params={"device_id": "r1"}).json()[0]["metrics"] == ["cpu"]
+    assert c.get("/v1/report", params={"since": "2h"}).json()["kind"] == "report"
+    assert "/v1/score" in c.get("/openapi.json").json()["paths"]
+
+
+def test_health_says_what_is_missing(tmp_path, detector):
+    cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], store_uri=f"sqlite:///{tmp_path}/e.db",
+                       artifact_root=str(tmp_path / "a"))
+    backend = LocalBackend(cfg, open_store(cfg.store_uri), InferenceService(detector, None))
+    response = client(backend).get("/v1/health")
+    assert response.status_code == 503 and response.json()["production_model"] == "none"
+
+
+@pytest.mark.parametrize("mutate, status, field", [
+    (lambda b: b.pop("windows"), 422, "windows"),
+    (lambda b: b.update(windows=[]), 422, "windows"),
+    (lambda b: b["windows"][0].update(values="x"), 422, "windows.0.values"),
+    (lambda b: b["windows"][0]["values"][3].pop(), 422, "windows[0].values[3]"),
+    (lambda b: b["windows"][0]["values"].__setitem__(slice(5, None), []), 422, "windows[0].values"),
+    (lambda b: b["windows"][0]["values"][2].__setitem__(1, float("nan")), 422, "windows[0].values[2][1]"),
+    (lambda b: b["windows"][0]["values"][2].__setitem__(0, float("inf")), 422, "windows[0].values[2][0]"),
+    (lambda b: b["windows"][0].update(metrics=["cpu", "memory", "disk"]), 422, "windows[0].metrics"),
+    (lambda b: b["windows"][0]["timestamps"].__setitem__(4, "noon-ish"), 422, "windows[0].timestamps[4]"),
+    (lambda b: b["windows"][0]["timestamps"].reverse(), 422, "windows[0].timestamps"),
+])
+def test_bad_score_bodies_get_a_4xx_naming_the_field(setup, mutate, status, field):
+    _, _, backend, _ = setup
+    body = {"windows": [window_body(telemetry(20, start_s=9000, devices=("w1",)))]}
+    mutate(body)
+    response = client(backend).post("/v1/score", content=json.dumps(body),
+                                    headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert response.json()["field"] == field
+
+
+def test_malformed_json_unknown_device_and_oversized_body(setup):
+    _, _, backend, _ = setup
+    c = client(backend, max_body_bytes=2048)
+    bad = c.post("/v1/score", content=b'{"windows": [', headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["field"] == "body"
+    unknown = c.post("/v1/predict", json={"device_id": "nobody"})
+    assert unknown.status_code == 404 and "nobody" in unknown.json()["detail"]
+    assert c.post("/v1/predict", json={"device_id": 5}).status_code == 422
+    assert c.post("/v1/predict", json={}).json()["field"] == "device_id"
+    big = c.post("/v1/score", content=b"x" * 4096, headers={"content-type": "application/json"})
+    assert big.status_code == 413
+    assert c.get("/v1/anomalies", params={"limit": 0}).json()["field"] == "limit"
+
+
+def test_api_key_is_required_everywhere_but_health(setup):
+    _, _, backend, _ = setup
+    c = client(backend, api_key=KEY)
+    assert c.get("/v1/health").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        refused = c.post("/v1/predict", json={"device_id": "r1"}, headers=headers)
+        assert refused.status_code == 401 and KEY not in refused.text
+        assert c.get("/v1/models", headers=headers).status_code == 401
+    ok = c.post("/v1/predict", json={"device_id": "r1"}, headers={"Authorization": f"Bearer {KEY}"})
+    assert ok.status_code == 200
+
+
+def test_the_key_comes_from_the_environment(setup, monkeypatch):
+    _, _, backend, _ = setup
+    monkeypatch.setenv("EYENET_API_KEY", KEY)
+    c = TestClient(create_app(backend))
+    assert c.get("/v1/models").status_code == 401
+    assert c.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert np.isfinite(c.post("/v1/predict", json={"device_id": "r1"},
+                              headers={"Authorization": f"Bearer {KEY}"}).json()["anomaly_score"])
