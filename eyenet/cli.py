@@ -60,8 +60,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(registry.get(args.name, _version(args)).to_dict(), indent=1))
         return 0
     if args.action == "promote":
-        mv = registry.promote(args.name, _version(args))
-        print(f"{mv.name} v{mv.version} is now {mv.state}")
+        from eyenet.gates import promotion_gates
+
+        gates = [] if args.skip_gate else promotion_gates(_load(args), registry)
+        mv = registry.promote(args.name, _version(args), gates=gates)
+        print(f"{mv.name} v{mv.version} is now {mv.state}"
+              + (f"; gate: {json.dumps(mv.gate_report, sort_keys=True)}" if mv.gate_report else ""))
         return 0
     mv = registry.rollback(args.name)
     print(f"rolled back: {mv.name} v{mv.version} is now {mv.state}")
@@ -191,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?", type=int, help="version number (show, promote)")
     p.add_argument("--name", default="eyenet-detector", help="model name (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    p.add_argument("--skip-gate", action="store_true",
+                   help="promote: check artifact integrity only, not the replay gate on recent telemetry")
     p.set_defaults(func=cmd_models)
 
     training = argparse.ArgumentParser(add_help=False)

@@ -110,6 +110,10 @@ class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(1_000_000, ge=1024)
+    model_poll_s: float = Field(
+        5.0, gt=0, description="how often detector replicas check the registry for a new "
+                               "production version (they switch in place)")
+
 
     @model_validator(mode="after")
     def _replicas_ordered(self) -> ServeConfig:
@@ -118,6 +122,15 @@ class ServeConfig(_Section):
                 f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
         return self
 
+
+class PromotionConfig(_Section):
+    """The label-free gate a staging model passes before production."""
+
+    gate_window_s: float = Field(3600.0, gt=0, description="recent telemetry the candidate replays")
+    gate_max_devices: int = Field(50, ge=1, description="devices replayed (the most recently active)")
+    gate_max_alert_rate: float = Field(
+        0.05, gt=0, le=1, description="the candidate fails when it flags more than this share of "
+                                      "the replayed points")
 
 class DetectorConfig(_Section):
     """The LSTM detector: network shape, training loop, scoring and threshold.
@@ -196,6 +209,7 @@ class EyeNetConfig(_Section):
     artifact_root: str = "eyenet-data/artifacts"
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)

@@ -53,6 +53,7 @@ class ModelVersion:
     tags: dict[str, str] = field(default_factory=dict)
     gate_failures: list[str] = field(default_factory=list)
     promoted_at: str | None = None
+    gate_report: dict[str, Any] = field(default_factory=dict)  # what the last gate run measured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +103,7 @@ class ModelRegistry:
             label = STAGING
         fields = {k: record.get(k) for k in ModelVersion.__dataclass_fields__ if k != "state"}
         fields["gate_failures"] = list(fields["gate_failures"] or [])
+        fields["gate_report"] = dict(fields["gate_report"] or {})
         return ModelVersion(state=label, **fields)
 
     def get(self, name: str, version: int) -> ModelVersion:

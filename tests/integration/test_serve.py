@@ -50,13 +50,14 @@ def served(tmp_path_factory) -> Iterator[tuple[str, Detector, pd.DataFrame]]:
 
 
 def test_http_predictions_match_the_in_process_detector(served):
-    url, detector, live = served
+    url, detector, _ = served
     window = telemetry(40, start_s=9000, seed=2, devices=("w1",))
     body = {"windows": [{"device_id": "w1", "timestamps": [t.isoformat() for t in window["timestamp"]],
                          "values": window[METRICS].to_numpy().tolist()}]}
     scored = httpx.post(f"{url}/v1/score", json=body, timeout=60)
     assert scored.status_code == 200, scored.text
-    assert scored.json()[0]["anomaly_score"] == pytest.approx(detector.score(window).iloc[-1]["score"], abs=1e-6)
+    want = detector.score(window).iloc[-1]["score"]
+    assert scored.json()[0]["anomaly_score"] == pytest.approx(want, abs=1e-6)
     predicted = httpx.post(f"{url}/v1/predict", json={"device_id": "r1"}, timeout=60)
     assert predicted.status_code == 200, predicted.text
     assert predicted.json()["model_version"] == 1
