@@ -12,6 +12,7 @@ the detector deployment through its handle.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import pandas as pd
@@ -21,6 +22,7 @@ from actors.features import load_production
 from eyenet.config import EyeNetConfig
 from eyenet.errors import EyeNetError
 from eyenet.inference import InferenceService, RequestError, ScoreRequest
+from eyenet.registry import ModelRegistry
 from eyenet.store import open_store
 from serve_app.api import create_app
 from serve_app.local import StoreViews
@@ -36,7 +38,25 @@ class DetectorReplica:
         torch.set_num_threads(1)
         self.config = EyeNetConfig.from_dict(config)
         self.store = open_store(self.config.store_uri)
+        self.registry = ModelRegistry(self.store, self.config.artifact_root)
+        self.pinned: int | None = None
         self._load(None)
+        self._stop = threading.Event()
+        threading.Thread(target=self._follow_production, name="model-follower", daemon=True).start()
+
+    def _follow_production(self) -> None:
+        """Switch to a new production version in place: a promotion or rollback reaches
+        every replica within ``serve.model_poll_s``, with no restart and no failed request
+        (a request in flight holds the service object it started with)."""
+        while not self._stop.wait(self.config.serve.model_poll_s):
+            if self.pinned is not None:
+                continue
+            try:
+                production = self.registry.production()
+                if production is not None and production.version != self.service.model_version:
+                    self._load(production.version)
+            except EyeNetError as exc:  # keep serving the loaded model; health reports the store
+                log.warning("could not follow the production model: %s", exc)
 
     def _load(self, version: int | None) -> None:
         detector, version = load_production(self.config, version=version)
@@ -50,14 +70,18 @@ class DetectorReplica:
         log.info("detector replica serves model version %s", version)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """``{"model_version": N}`` pins a version (for a canary); ``None`` follows production."""
         version = user_config.get("model_version")
-        if version is not None and version != self.service.model_version:
-            self._load(int(version))
+        self.pinned = None if version is None else int(version)
+        if self.pinned is not None and self.pinned != self.service.model_version:
+            self._load(self.pinned)
 
     def check_health(self) -> None:
+        """Fails (so Serve replaces the replica) when the store is unreachable or no
+        production model exists."""
         self.store.ping()
-        if self.service is None:
-            raise EyeNetError("no model loaded")
+        if self.registry.production() is None and self.pinned is None:
+            raise EyeNetError("no production model in the registry")
 
     @serve.batch
     async def _score_batch(self, requests: list[list[pd.DataFrame]]) -> list[list[dict[str, Any]]]:

@@ -26,14 +26,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[str, Detector, pd.DataFrame]]:
+def served(tmp_path_factory) -> Iterator[tuple[str, Detector, pd.DataFrame, EyeNetConfig]]:
     from ray import serve
 
     from serve_app.deployments import APP_NAME, build_app
 
     tmp = tmp_path_factory.mktemp("serve")
     cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], store_uri=f"sqlite:///{tmp}/e.db",
-                       artifact_root=str(tmp / "artifacts"), serve={"min_replicas": 1, "max_replicas": 1})
+                       artifact_root=str(tmp / "artifacts"),
+                       serve={"min_replicas": 1, "max_replicas": 1, "model_poll_s": 0.5})
     detector = Detector(config(), METRICS, gap_s=3.0).fit(telemetry(400))
     store = open_store(cfg.store_uri)
     registry = ModelRegistry(store, cfg.artifact_root)
@@ -44,13 +45,13 @@ def served(tmp_path_factory) -> Iterator[tuple[str, Detector, pd.DataFrame]]:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
-    yield f"http://127.0.0.1:{port}", detector, live
+    yield f"http://127.0.0.1:{port}", detector, live, cfg
     serve.delete(APP_NAME)
     serve.shutdown()
 
 
 def test_http_predictions_match_the_in_process_detector(served):
-    url, detector, _ = served
+    url, detector, _, _ = served
     window = telemetry(40, start_s=9000, seed=2, devices=("w1",))
     body = {"windows": [{"device_id": "w1", "timestamps": [t.isoformat() for t in window["timestamp"]],
                          "values": window[METRICS].to_numpy().tolist()}]}
@@ -64,7 +65,7 @@ def test_http_predictions_match_the_in_process_detector(served):
 
 
 def test_bad_input_is_a_4xx_and_the_replica_lives_on(served):
-    url, _, _ = served
+    url, _, _, _ = served
     short = {"windows": [{"values": [[1.0, 2.0, 3.0]]}]}
     response = httpx.post(f"{url}/v1/score", json=short, timeout=60)
     assert response.status_code == 422 and response.json()["field"] == "windows[0].values"
@@ -72,3 +73,44 @@ def test_bad_input_is_a_4xx_and_the_replica_lives_on(served):
     assert httpx.post(f"{url}/v1/score", content=b"{", headers={"content-type": "application/json"},
                       timeout=60).status_code == 400
     assert httpx.get(f"{url}/v1/health", timeout=60).json()["ok"] is True
+
+
+def test_requests_keep_succeeding_through_a_promotion_and_a_rollback(served, tmp_path):
+    import threading
+    import time
+
+    from eyenet.gates import promotion_gates
+
+    url, detector, _, cfg = served
+    registry = ModelRegistry(open_store(cfg.store_uri), cfg.artifact_root)
+    window = telemetry(40, start_s=9000, seed=2, devices=("w1",))
+    body = {"windows": [{"device_id": "w1", "values": window[METRICS].to_numpy().tolist()}]}
+    seen, failures, stop = [], [], threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=60) as c:
+            while not stop.is_set():
+                r = c.post(f"{url}/v1/score", json=body)
+                (seen.append(r.json()[0]["model_version"]) if r.status_code == 200
+                 else failures.append(r.text))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        v2 = registry.register(detector.save(tmp_path / "v2"))
+        registry.promote(v2.name, v2.version, promotion_gates(cfg, registry))
+        deadline = time.monotonic() + 60
+        while (not seen or seen[-1] != 2) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert seen and seen[-1] == 2, "replicas switched to v2"
+        registry.rollback(v2.name)
+        deadline = time.monotonic() + 60
+        while seen[-1] != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert seen[-1] == 1 and 2 in seen
