@@ -23,7 +23,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from eyenet.errors import EyeNetError, StoreError
+from eyenet.errors import (
+    EyeNetError,
+    ModelNotFoundError,
+    PromotionRejectedError,
+    RegistryError,
+    StoreError,
+)
 from eyenet.inference import Prediction, PredictRequest, RequestError, ScoreRequest
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,8 @@ class Backend(Protocol):
     def devices(self) -> list[dict[str, Any]]: ...
     def anomalies(self, device_id: str | None, limit: int) -> list[dict[str, Any]]: ...
     def report(self, since: str) -> dict[str, Any]: ...
+    def promote(self, version: int) -> dict[str, Any]: ...
+    def rollback(self) -> dict[str, Any]: ...
 
 
 BEARER = HTTPBearer(auto_error=False)
@@ -84,6 +92,18 @@ def create_app(backend: Backend, max_body_bytes: int = 1_000_000, api_key: str |
                           "body")
         return _error(422, f"{field}: {first['msg']}", field)
 
+    @app.exception_handler(PromotionRejectedError)
+    async def rejected(_: Request, exc: PromotionRejectedError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "field": "version", "reasons": exc.reasons}, status_code=409)
+
+    @app.exception_handler(ModelNotFoundError)
+    async def no_model(_: Request, exc: ModelNotFoundError) -> JSONResponse:
+        return _error(404, str(exc), "version")
+
+    @app.exception_handler(RegistryError)
+    async def registry_refused(_: Request, exc: RegistryError) -> JSONResponse:
+        return _error(409, str(exc), "version")
+
     @app.exception_handler(StoreError)
     async def store_down(_: Request, exc: StoreError) -> JSONResponse:
         log.warning("store error: %s", exc)
@@ -110,6 +130,15 @@ def create_app(backend: Backend, max_body_bytes: int = 1_000_000, api_key: str |
     @app.get("/v1/models", dependencies=auth)
     def models() -> list[dict[str, Any]]:
         return backend.models()
+
+    @app.post("/v1/models/{version}/promote", dependencies=auth)
+    def promote(version: int) -> dict[str, Any]:
+        """Run the promotion gate, then make ``version`` production; replicas follow in place."""
+        return backend.promote(version)
+
+    @app.post("/v1/models/rollback", dependencies=auth)
+    def rollback() -> dict[str, Any]:
+        return backend.rollback()
 
     @app.get("/v1/devices", dependencies=auth)
     def devices() -> list[dict[str, Any]]:

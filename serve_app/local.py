@@ -62,6 +62,15 @@ class StoreViews:
         monitor = Monitor(self.config, self.store, None, sinks=[])
         return jsonable(monitor.report(parse_since(since, time.time())))
 
+    def promote(self, version: int) -> dict[str, Any]:
+        from eyenet.gates import promotion_gates
+
+        mv = self.registry.promote(self.model_name, version, promotion_gates(self.config, self.registry))
+        return jsonable(mv.to_dict())
+
+    def rollback(self) -> dict[str, Any]:
+        return jsonable(self.registry.rollback(self.model_name).to_dict())
+
     def stored_window(self, device_id: str, rows: int) -> pd.DataFrame:
         window_s = rows * self.config.sample_interval_s
         frame = self.store.last_window(device_id, window_s=window_s)

@@ -155,3 +155,27 @@ def test_the_key_comes_from_the_environment(setup, monkeypatch):
     assert c.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     assert np.isfinite(c.post("/v1/predict", json={"device_id": "r1"},
                               headers={"Authorization": f"Bearer {KEY}"}).json()["anomaly_score"])
+
+
+def test_promote_and_rollback_endpoints(setup, detector, tmp_path):
+    _, _, backend, _ = setup
+    c = client(backend, api_key=KEY)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert c.post("/v1/models/2/promote").status_code == 401
+    assert c.post("/v1/models/7/promote", headers=auth).status_code == 404
+    assert c.post("/v1/models/1/promote", headers=auth).status_code == 409  # already production
+    backend.registry.register(detector.save(tmp_path / "v2"))
+    promoted = c.post("/v1/models/2/promote", headers=auth)
+    assert promoted.status_code == 200 and promoted.json()["state"] == "production"
+    assert promoted.json()["gate_report"]["replayed_points"] > 0
+    back = c.post("/v1/models/rollback", headers=auth)
+    assert back.status_code == 200 and back.json()["version"] == 1
+
+
+def test_a_failed_gate_is_a_409_with_its_reasons(setup, tmp_path):
+    _, _, backend, _ = setup
+    noisy = Detector(config(device_thresholds={"r1": 0.01}), METRICS, gap_s=3.0).fit(telemetry(400))
+    backend.registry.register(noisy.save(tmp_path / "noisy"))
+    response = client(backend).post("/v1/models/2/promote")
+    assert response.status_code == 409 and "alert rate" in response.json()["reasons"][0]
+    assert backend.registry.get(backend.model_name, 2).state == "staging"
