@@ -140,6 +140,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from jobs.serve import run_serve
+
+    config = _load(args)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        serve_section = {**config.serve.model_dump(), **overrides}
+        config = EyeNetConfig.from_dict({**config.to_dict(), "serve": serve_section},
+                                        {f"serve.{k}": f"--{k}" for k in overrides})
+    run_serve(config, detach=args.detach)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from jobs.report import run_report
 
@@ -258,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-score", action="store_true", help="collect only")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("serve", parents=[common], help="deploy the HTTP API on Ray Serve")
+    p.add_argument("--host", help="bind address (default: the config's serve.host)")
+    p.add_argument("--port", type=int, help="port (default: the config's serve.port)")
+    p.add_argument("--detach", action="store_true", help="leave the application running and exit")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", parents=[common],
                        help="latency, drift, alerts and anomalies per device over a time range")

@@ -165,3 +165,11 @@ def build_app(config: EyeNetConfig) -> Any:
     DetectorReplica._score_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
     ingress = serve.deployment(Ingress, name="Ingress", ray_actor_options={"num_cpus": 0.1})
     return ingress.bind(detector.bind(config.to_dict()), config.to_dict())
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """For ``serve deploy serve_app/serve_config.yaml``: ``args.config`` names the EyeNet
+    config file (default: ``$EYENET_CONFIG`` or built-in defaults plus ``EYENET_*``)."""
+    from eyenet.config import load_config
+
+    return build_app(load_config(args.get("config")))

@@ -179,3 +179,22 @@ def test_a_failed_gate_is_a_409_with_its_reasons(setup, tmp_path):
     response = client(backend).post("/v1/models/2/promote")
     assert response.status_code == 409 and "alert rate" in response.json()["reasons"][0]
     assert backend.registry.get(backend.model_name, 2).state == "staging"
+
+
+def test_the_serve_config_yaml_is_valid_for_serve_deploy():
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    path = Path(__file__).resolve().parents[2] / "serve_app" / "serve_config.yaml"
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    assert schema.applications[0].import_path == "serve_app.deployments:app_builder"
+
+
+def test_eyenet_serve_refuses_without_a_production_model(tmp_path, capsys):
+    from eyenet.cli import main
+
+    code = main(["serve", "--store", f"sqlite:///{tmp_path}/e.db", "--artifact-root", str(tmp_path / "a"),
+                 "--port", "8123"])
+    assert code == 1 and "no production model" in capsys.readouterr().err
