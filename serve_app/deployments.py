@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import pandas as pd
@@ -20,8 +21,11 @@ from ray import serve
 
 from actors.features import load_production
 from eyenet.config import EyeNetConfig
+from eyenet.drift import bin_counts
 from eyenet.errors import EyeNetError
+from eyenet.features import metric_of
 from eyenet.inference import InferenceService, RequestError, ScoreRequest
+from eyenet.monitoring import ScoreSummary
 from eyenet.registry import ModelRegistry
 from eyenet.store import open_store
 from serve_app.api import create_app
@@ -29,6 +33,7 @@ from serve_app.local import StoreViews
 
 log = logging.getLogger(__name__)
 APP_NAME = "eyenet"
+MONITOR_LOOKUP_S = 10.0  # how often a replica without a monitor looks for one
 
 
 class DetectorReplica:
@@ -40,6 +45,8 @@ class DetectorReplica:
         self.store = open_store(self.config.store_uri)
         self.registry = ModelRegistry(self.store, self.config.artifact_root)
         self.pinned: int | None = None
+        self._monitor_handle: Any = None
+        self._monitor_retry_at = 0.0
         self._load(None)
         self._stop = threading.Event()
         threading.Thread(target=self._follow_production, name="model-follower", daemon=True).start()
@@ -86,12 +93,50 @@ class DetectorReplica:
     @serve.batch
     async def _score_batch(self, requests: list[list[pd.DataFrame]]) -> list[list[dict[str, Any]]]:
         flat = [frame for frames in requests for frame in frames]
-        scored = self.service.score_frames(flat)
+        started = time.perf_counter()
+        service = self.service  # a model switch mid-batch does not mix versions
+        scored = service.score_frames(flat)
+        self._tell_monitor(service, flat, scored, (time.perf_counter() - started) * 1000.0)
         out, start = [], 0
         for frames in requests:
             out.append(scored[start:start + len(frames)])
             start += len(frames)
         return out
+
+    def _tell_monitor(self, service: InferenceService, frames: list[pd.DataFrame],
+                      scored: list[dict[str, Any]], latency_ms: float) -> None:
+        """Latency, anomalies and drift counts of this batch to the monitor, fire-and-forget:
+        the request path never waits for (or fails because of) the monitor."""
+        monitor = self._monitor()
+        if monitor is None:
+            return
+        try:
+            newest = pd.concat([f.tail(1) for f in frames], ignore_index=True)
+            feats = service.detector.features(newest)
+            counts = bin_counts(feats.values, service.detector.feature_names, service.detector.reference)
+            metrics = service.detector.metrics
+            anomalies = [(p["device_id"], int(pd.Timestamp(p["timestamp"]).value // 1_000_000),
+                          p["anomaly_score"], [metric_of(f, metrics) for f in p["top_features"]])
+                         for p in scored if p["is_anomaly"]]
+            devices: dict[str, int] = {}
+            for p in scored:
+                devices[p["device_id"]] = devices.get(p["device_id"], 0) + 1
+            monitor.record.remote(ScoreSummary(
+                sent_at_s=time.time(), latency_ms=latency_ms, n_windows=len(scored), device_counts=devices,
+                anomalies=anomalies, feature_counts={k: v.tolist() for k, v in counts.items()},
+                model_version=service.model_version))
+        except Exception as exc:  # monitoring is best effort; scoring already succeeded
+            self._monitor_handle = None
+            log.warning("could not report to the monitor: %s", exc)
+
+    def _monitor(self) -> Any:
+        now = time.monotonic()
+        if self._monitor_handle is None and now >= self._monitor_retry_at:
+            self._monitor_retry_at = now + MONITOR_LOOKUP_S
+            from actors.monitor import find_monitor
+
+            self._monitor_handle = find_monitor()
+        return self._monitor_handle
 
     async def score(self, frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
         return await self._score_batch(frames)

@@ -114,3 +114,30 @@ def test_requests_keep_succeeding_through_a_promotion_and_a_rollback(served, tmp
             t.join()
     assert failures == []
     assert seen[-1] == 1 and 2 in seen
+
+
+def test_request_latency_and_features_reach_the_monitor(served):
+    import time
+
+    import ray
+
+    from actors.monitor import find_monitor, get_monitor
+
+    url, _, _, cfg = served
+    monitor = get_monitor(cfg)
+    try:
+        window = telemetry(40, start_s=9000, seed=3, devices=("w9",))
+        body = {"windows": [{"device_id": "w9", "values": window[METRICS].to_numpy().tolist()}]}
+        deadline = time.monotonic() + 90  # replicas look the monitor up every 10 s
+        stats = {}
+        while time.monotonic() < deadline:
+            assert httpx.post(f"{url}/v1/score", json=body, timeout=60).status_code == 200
+            stats = ray.get(monitor.stats.remote())
+            if stats["latency"]["count"] > 0:
+                break
+            time.sleep(0.5)
+        assert stats["latency"]["count"] > 0, stats
+    finally:
+        ray.kill(monitor, no_restart=True)
+        while find_monitor() is not None:
+            time.sleep(0.2)
