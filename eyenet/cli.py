@@ -165,7 +165,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "pipeline":
+    if args.what == "serve":
+        from jobs.bench_serve import run_serve_bench
+
+        result = run_serve_bench(clients=args.clients, seconds=args.seconds if args.seconds != 60.0 else 15.0)
+    elif args.what == "pipeline":
         from jobs.bench_pipeline import run_pipeline_bench
 
         result = run_pipeline_bench(_load(args), devices=args.devices, seconds=args.seconds,
@@ -287,8 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", parents=[common], help="benchmarks; prints figures (and ratios)")
-    p.add_argument("what", choices=["store", "train", "pipeline"], help="what to measure")
-    p.add_argument("--seconds", type=float, default=60.0, help="pipeline: how long to run live")
+    p.add_argument("what", choices=["store", "train", "pipeline", "serve"], help="what to measure")
+    p.add_argument("--clients", type=int, default=16, help="serve: concurrent HTTP clients")
+    p.add_argument("--seconds", type=float, default=60.0,
+                   help="pipeline: how long to run live; serve: per target (default 15)")
     p.add_argument("--devices-per-actor", type=int, help="pipeline: devices per collector actor")
     p.add_argument("--feature-actors", type=int, help="pipeline: scoring actors")
     p.add_argument("--workers", type=int, default=1, help="train: Ray Train workers")

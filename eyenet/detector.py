@@ -206,8 +206,12 @@ class Detector:
 
     def top_features_of(self, contrib: np.ndarray, scored: np.ndarray) -> list[list[str]]:
         """The top_k features by contribution for each row; none for unscored rows."""
-        tops = top_features(np.nan_to_num(contrib), self.feature_names, self.config.top_k_features)
-        return [t if ok else [] for t, ok in zip(tops, scored, strict=True)]
+        tops: list[list[str]] = [[] for _ in range(len(scored))]
+        rows = np.flatnonzero(scored)  # only scored rows have contributions worth ranking
+        for row, top in zip(rows, top_features(np.nan_to_num(contrib[rows]), self.feature_names,
+                                               self.config.top_k_features), strict=True):
+            tops[row] = top
+        return tops
 
     def thresholds_for(self, device_ids: np.ndarray) -> np.ndarray:
         """The calibrated-score threshold of each row's device (default 0.5)."""

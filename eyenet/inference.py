@@ -127,17 +127,20 @@ class InferenceService:
         """One prediction per window (its newest row), all windows in one forward pass."""
         if not frames:
             return []
-        keyed = [f.assign(**{DEVICE: f"{i}\x1f{f[DEVICE].iloc[0]}"}) for i, f in enumerate(frames)]
-        scores = self.detector.score(pd.concat(keyed, ignore_index=True))
-        last = scores.groupby(DEVICE, sort=False).tail(1).set_index(DEVICE)
-        out = []
-        for i, frame in enumerate(frames):
-            row = last.loc[f"{i}\x1f{frame[DEVICE].iloc[0]}"]
-            out.append({"device_id": str(frame[DEVICE].iloc[0]), "is_anomaly": bool(row["is_anomaly"]),
-                        "anomaly_score": float(row["score"]), "threshold": float(row["threshold"]),
-                        "model_version": self.model_version,
-                        "timestamp": row[TIMESTAMP].isoformat(), "top_features": list(row["top_features"])})
-        return out
+        # each window is its own series (a key per window), scored in one call
+        names = [str(f.iat[0, f.columns.get_loc(DEVICE)]) for f in frames]
+        keys = np.array([f"{i:06d}\x1f{name}" for i, name in enumerate(names)], dtype=object)
+        combined = pd.concat(frames, ignore_index=True)
+        combined[DEVICE] = np.repeat(keys, [len(f) for f in frames])
+        scores = self.detector.score(combined)
+        last = scores.groupby(DEVICE, sort=False).tail(1).set_index(DEVICE).reindex(keys)
+        stamps = last[TIMESTAMP].map(pd.Timestamp.isoformat).tolist()
+        return [{"device_id": name, "is_anomaly": bool(flag), "anomaly_score": float(score),
+                 "threshold": float(threshold), "model_version": self.model_version, "timestamp": stamp,
+                 "top_features": list(top)}
+                for name, flag, score, threshold, stamp, top in zip(
+                    names, last["is_anomaly"], last["score"], last["threshold"], stamps, last["top_features"],
+                    strict=True)]
 
     def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
         frames = [self.window_frame(w, f"windows[{i}]") for i, w in enumerate(request.windows)]

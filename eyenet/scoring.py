@@ -31,9 +31,14 @@ def smoothed_errors(squared_errors: np.ndarray, segments: np.ndarray, steps: int
     """EWM (span ``steps``) of each column, restarted at every segment boundary."""
     if steps <= 1 or len(squared_errors) == 0:
         return squared_errors
+    # pandas' grouped EWM runs in compiled code; segments are contiguous and increasing
+    # (cumulative ids), so its group-ordered result is already in row order
+    order_ok = len(segments) < 2 or bool(np.all(np.diff(segments) >= 0))
     frame = pd.DataFrame(squared_errors)
-    return frame.groupby(segments, sort=False).transform(
-        lambda col: col.ewm(span=steps, adjust=True).mean()).to_numpy(np.float64)
+    if not order_ok:
+        return frame.groupby(segments, sort=False).transform(
+            lambda col: col.ewm(span=steps, adjust=True).mean()).to_numpy(np.float64)
+    return frame.groupby(segments).ewm(span=steps, adjust=True).mean().to_numpy(np.float64)
 
 
 def pot_threshold(scores: np.ndarray, risk: float, init_quantile: float) -> float:

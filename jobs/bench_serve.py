@@ -1,0 +1,166 @@
+"""``eyenet bench serve --json``: the HTTP path, measured beside its floors, in one run.
+
+Same load for every target: ``clients`` concurrent keep-alive clients (asyncio + httpx in
+this process) for ``seconds`` each, after a short warm-up:
+
+* ``bare``: the same FastAPI app and model in one uvicorn process, no Ray (the ceiling);
+* ``noop``: a Ray Serve deployment that returns ``{}`` (Serve's own floor here);
+* ``predict``: EyeNet's ``/v1/predict`` on Serve (store read + batched detector);
+* ``score``: ``/v1/score`` with ``windows_per_request`` windows per request, reported as
+  windows/s beside the model's own batched forward speed in-process (one thread).
+
+The load generator shares the machine's two cores with the servers, so every figure is
+bounded by it too; compare the ratios, which it affects alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from eyenet.config import EyeNetConfig
+
+WARMUP_S = 2.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _load(url: str, body: dict | None, clients: int, seconds: float) -> dict[str, float]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(measure_until: float, record: bool) -> None:
+        nonlocal errors
+        async with httpx.AsyncClient(timeout=30) as c:
+            while time.perf_counter() < measure_until:
+                started = time.perf_counter()
+                r = await (c.post(url, json=body) if body is not None else c.get(url))
+                if r.status_code != 200:
+                    errors += 1
+                elif record:
+                    latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*[client(time.perf_counter() + WARMUP_S, False) for _ in range(clients)])
+    started = time.perf_counter()
+    await asyncio.gather(*[client(started + seconds, True) for _ in range(clients)])
+    elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"requests_per_s": round(len(ms) / elapsed, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1), "requests": len(ms), "errors": errors}
+
+
+def _bench_setup(tmp: Path) -> tuple[EyeNetConfig, Any, pd.DataFrame]:
+    """A trained, promoted detector and 30 minutes of stored telemetry for one device."""
+    from eyenet.detector import Detector
+    from eyenet.registry import ModelRegistry
+    from eyenet.simulate import SimulatedSource
+    from eyenet.store import open_store
+    from eyenet.telemetry import TelemetryValidator
+
+    config = EyeNetConfig.from_dict({"store_uri": f"sqlite:///{tmp}/bench.db",
+                                     "artifact_root": str(tmp / "a"), "detector": {"max_train_time_s": 20}})
+    source = SimulatedSource(config, devices=20, seed=3)
+    now = int(time.time() * 1000)
+    raw = source.fetch(source.devices(), now - 1_800_000, now).samples
+    history = TelemetryValidator(config).validate(raw)
+    detector = Detector(config.detector, config.metrics, config.gap_s).fit(history.accepted)
+    store = open_store(config.store_uri)
+    store.write_samples(history.accepted[history.accepted["device_id"] == "dev-0000"])
+    registry = ModelRegistry(store, config.artifact_root)
+    mv = registry.register(detector.save(tmp / "model"))
+    registry.promote(mv.name, mv.version)
+    return config, detector, history.accepted
+
+
+def _score_body(frame: pd.DataFrame, metrics: list[str], rows: int, windows: int) -> dict:
+    values = frame[frame["device_id"] == "dev-0001"][metrics].tail(rows).to_numpy().tolist()
+    return {"windows": [{"device_id": f"w{i}", "values": values} for i in range(windows)]}
+
+
+def run_serve_bench(clients: int = 16, seconds: float = 15.0,
+                    windows_per_request: int = 100) -> dict[str, Any]:
+    import uvicorn
+    from fastapi import FastAPI
+    from ray import serve
+
+    from eyenet.inference import InferenceService
+    from eyenet.store import open_store
+    from jobs._ray import ensure_ray
+    from serve_app.api import create_app
+    from serve_app.deployments import APP_NAME, build_app
+    from serve_app.local import LocalBackend
+
+    tmp = Path(tempfile.mkdtemp(prefix="eyenet-bench-serve-"))
+    config, detector, frame = _bench_setup(tmp)
+    rows = detector.config.window_steps + 1  # one forward window per request window
+    predict_body = {"device_id": "dev-0000"}  # predict scores window + smoothing rows
+    score_body = _score_body(frame, config.metrics, rows, windows_per_request)
+    result: dict[str, Any] = {"clients": clients, "seconds": seconds,
+                              "windows_per_request": windows_per_request}
+
+    # bare: the same app and model in one process
+    import torch
+
+    torch.set_num_threads(1)
+    port = _free_port()
+    backend = LocalBackend(config, open_store(config.store_uri), InferenceService(detector, 1))
+    server = uvicorn.Server(uvicorn.Config(create_app(backend, api_key=""), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    bare_url = f"http://127.0.0.1:{port}/v1/predict"
+    result["bare_predict"] = asyncio.run(_load(bare_url, predict_body, clients, seconds))
+    server.should_exit = True
+    thread.join()
+
+    ensure_ray()
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    noop_app = FastAPI()
+
+    @noop_app.get("/noop")
+    def noop() -> dict:
+        return {}
+
+    serve.run(serve.deployment(serve.ingress(noop_app)(type("Noop", (), {})), name="Noop").bind(),
+              name="noop", route_prefix="/noop-app")
+    result["noop"] = asyncio.run(_load(f"http://127.0.0.1:{port}/noop-app/noop", None, clients, seconds))
+    serve.delete("noop")
+
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    result["predict"] = asyncio.run(_load(f"{base}/v1/predict", predict_body, clients, seconds))
+    score = asyncio.run(_load(f"{base}/v1/score", score_body, clients, seconds))
+    result["score"] = {**score, "windows_per_s": round(score["requests_per_s"] * windows_per_request, 1)}
+    serve.delete(APP_NAME)
+
+    window = pd.DataFrame(score_body["windows"][0]["values"], columns=config.metrics)
+    windows = [window.assign(device_id=f"w{i}", timestamp=pd.date_range("2024-01-01", periods=len(window),
+                                                                          freq="1s", tz="UTC"))
+               for i in range(windows_per_request * 10)]
+    service = InferenceService(detector, 1)
+    started = time.perf_counter()
+    service.score_frames(windows)
+    result["model_windows_per_s_in_process"] = round(len(windows) / (time.perf_counter() - started), 1)
+    result["predict_vs_noop"] = round(result["predict"]["requests_per_s"]
+                                      / result["noop"]["requests_per_s"], 2)
+    result["predict_vs_bare"] = round(result["predict"]["requests_per_s"]
+                                      / result["bare_predict"]["requests_per_s"], 2)
+    return result
