@@ -13,9 +13,9 @@ which the API turns into a 4xx.
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from eyenet.detector import Detector
 from eyenet.errors import EyeNetError
-from eyenet.telemetry import DEVICE, TIMESTAMP, parse_timestamps
+from eyenet.telemetry import DEVICE, TIMESTAMP, parse_timestamps, to_ms
 
 MAX_WINDOWS_PER_REQUEST = 1000
 
@@ -45,6 +45,9 @@ class PredictRequest(BaseModel):
                            description="a device the store or a collector knows")
 
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class Window(BaseModel):
     device_id: str = Field("adhoc", min_length=1, max_length=256)
     timestamps: list[float | str] | None = Field(
@@ -52,7 +55,9 @@ class Window(BaseModel):
                           "apart, ending now")
     metrics: list[str] | None = Field(
         None, description="column names of values; default: the model's metrics")
-    values: list[list[float | None]] = Field(description="rows of metric values, oldest first")
+    values: list[list[FiniteFloat | None]] = Field(
+        description="rows of metric values, oldest first; null for a missing value (NaN and "
+                    "infinity are refused)")
 
 
 class ScoreRequest(BaseModel):
@@ -69,47 +74,59 @@ class Prediction(BaseModel):
     top_features: list[str]
 
 
-class InferenceService:
-    """A loaded production detector and the request rules around it."""
+@dataclass
+class CheckedWindows:
+    """Checked windows as one telemetry frame (rows of window i follow window i-1)."""
 
-    def __init__(self, detector: Detector, model_version: int | None, sample_interval_s: float = 1.0) -> None:
-        detector.require_fitted()
-        self.detector = detector
-        self.model_version = model_version
-        self.sample_interval_s = sample_interval_s
-        self.min_rows = detector.config.window_steps + 1
+    frame: pd.DataFrame
+    names: list[str]        # each window's device_id
+    lengths: list[int]      # rows per window
 
-    # -- checking -----------------------------------------------------------------------------
-    def window_frame(self, window: Window, field: str = "window") -> pd.DataFrame:
-        """A checked telemetry frame for one caller-supplied window."""
-        metrics = self.detector.metrics
-        names = window.metrics or metrics
-        missing = [m for m in metrics if m not in names]
+
+class WindowChecker:
+    """The request rules for caller-supplied windows; needs only the model's metrics and
+    window, so the ingress checks requests before they reach a detector replica."""
+
+    def __init__(self, metrics: list[str], min_rows: int, sample_interval_s: float = 1.0) -> None:
+        self.metrics, self.min_rows, self.sample_interval_s = list(metrics), min_rows, sample_interval_s
+
+    def check(self, request: ScoreRequest) -> CheckedWindows:
+        arrays, stamps, names, lengths = [], [], [], []
+        for i, window in enumerate(request.windows):
+            values, ts = self._window(window, f"windows[{i}]")
+            arrays.append(values)
+            stamps.append(ts)
+            names.append(window.device_id)
+            lengths.append(len(values))
+        frame = pd.DataFrame(np.vstack(arrays), columns=self.metrics)
+        frame.insert(0, TIMESTAMP, pd.to_datetime(np.concatenate(stamps), unit="ms", utc=True))
+        frame.insert(0, DEVICE, np.repeat(np.asarray(names, dtype=object), lengths))
+        return CheckedWindows(frame, names, lengths)
+
+    def _window(self, window: Window, field: str) -> tuple[np.ndarray, np.ndarray]:
+        names = window.metrics or self.metrics
+        missing = [m for m in self.metrics if m not in names]
         if missing:
-            raise RequestError(f"{field}.metrics lacks {missing}; the model scores {metrics}",
+            raise RequestError(f"{field}.metrics lacks {missing}; the model scores {self.metrics}",
                                f"{field}.metrics")
-        if len(window.values) < self.min_rows:
-            raise RequestError(f"{field}.values has {len(window.values)} rows; the model needs at least "
+        rows = window.values
+        if len(rows) < self.min_rows:
+            raise RequestError(f"{field}.values has {len(rows)} rows; the model needs at least "
                                f"{self.min_rows} (window_steps + 1)", f"{field}.values")
-        for i, row in enumerate(window.values):
-            if len(row) != len(names):
-                raise RequestError(f"{field}.values[{i}] has {len(row)} values, expected {len(names)} "
+        width = len(names)
+        for i, row in enumerate(rows):
+            if len(row) != width:
+                raise RequestError(f"{field}.values[{i}] has {len(row)} values, expected {width} "
                                    f"({', '.join(names)})", f"{field}.values[{i}]")
-            for j, value in enumerate(row):
-                if value is not None and not math.isfinite(value):
-                    raise RequestError(f"{field}.values[{i}][{j}] ({names[j]}) is {value}; values must be "
-                                       "finite numbers or null", f"{field}.values[{i}][{j}]")
-        frame = pd.DataFrame(np.array(window.values, dtype=np.float64), columns=names)[metrics]
-        frame.insert(0, TIMESTAMP, self._timestamps(window, field))
-        frame.insert(0, DEVICE, window.device_id)
-        return frame
+        values = np.array(rows, dtype=np.float64)  # null -> NaN: a missing value
+        if names != self.metrics:
+            values = values[:, [names.index(m) for m in self.metrics]]
+        return values, self._timestamps_ms(window, len(rows), field)
 
-    def _timestamps(self, window: Window, field: str) -> pd.Series:
-        n = len(window.values)
+    def _timestamps_ms(self, window: Window, n: int, field: str) -> np.ndarray:
         if window.timestamps is None:
-            end = pd.Timestamp.now(tz="UTC").floor("ms")
-            step = pd.Timedelta(seconds=self.sample_interval_s)
-            return pd.Series([end - step * (n - 1 - i) for i in range(n)])
+            end_ms = int(pd.Timestamp.now(tz="UTC").value // 1_000_000)
+            return end_ms - (np.arange(n)[::-1] * self.sample_interval_s * 1000).astype(np.int64)
         if len(window.timestamps) != n:
             raise RequestError(f"{field}.timestamps has {len(window.timestamps)} entries for {n} rows",
                                f"{field}.timestamps")
@@ -118,20 +135,30 @@ class InferenceService:
         if len(bad):
             raise RequestError(f"{field}.timestamps[{bad[0]}] is {window.timestamps[bad[0]]!r}, not a time",
                                f"{field}.timestamps[{bad[0]}]")
-        if not stamps.is_monotonic_increasing or stamps.duplicated().any():
+        ms = to_ms(stamps).to_numpy()
+        if (np.diff(ms) <= 0).any():
             raise RequestError(f"{field}.timestamps must increase strictly", f"{field}.timestamps")
-        return stamps
+        return ms
 
-    # -- scoring ------------------------------------------------------------------------------
-    def score_frames(self, frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
+
+class InferenceService:
+    """A loaded production detector and the request rules around it."""
+
+    def __init__(self, detector: Detector, model_version: int | None, sample_interval_s: float = 1.0) -> None:
+        detector.require_fitted()
+        self.detector = detector
+        self.model_version = model_version
+        self.min_rows = detector.config.window_steps + 1
+        self.checker = WindowChecker(detector.metrics, self.min_rows, sample_interval_s)
+
+    def score_checked(self, checked: CheckedWindows) -> list[dict[str, Any]]:
         """One prediction per window (its newest row), all windows in one forward pass."""
-        if not frames:
+        if not checked.names:
             return []
         # each window is its own series (a key per window), scored in one call
-        names = [str(f.iat[0, f.columns.get_loc(DEVICE)]) for f in frames]
-        keys = np.array([f"{i:06d}\x1f{name}" for i, name in enumerate(names)], dtype=object)
-        combined = pd.concat(frames, ignore_index=True)
-        combined[DEVICE] = np.repeat(keys, [len(f) for f in frames])
+        keys = np.array([f"{i:06d}\x1f{name}" for i, name in enumerate(checked.names)], dtype=object)
+        combined = checked.frame.copy()
+        combined[DEVICE] = np.repeat(keys, checked.lengths)
         scores = self.detector.score(combined)
         last = scores.groupby(DEVICE, sort=False).tail(1).set_index(DEVICE).reindex(keys)
         stamps = last[TIMESTAMP].map(pd.Timestamp.isoformat).tolist()
@@ -139,12 +166,20 @@ class InferenceService:
                  "threshold": float(threshold), "model_version": self.model_version, "timestamp": stamp,
                  "top_features": list(top)}
                 for name, flag, score, threshold, stamp, top in zip(
-                    names, last["is_anomaly"], last["score"], last["threshold"], stamps, last["top_features"],
-                    strict=True)]
+                    checked.names, last["is_anomaly"], last["score"], last["threshold"], stamps,
+                    last["top_features"], strict=True)]
+
+    def score_frames(self, frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
+        """Score telemetry frames (one window each) as :meth:`score_checked` does."""
+        if not frames:
+            return []
+        columns = [DEVICE, TIMESTAMP, *self.detector.metrics]
+        names = [str(f.iat[0, f.columns.get_loc(DEVICE)]) for f in frames]
+        combined = pd.concat([f[columns] for f in frames], ignore_index=True)
+        return self.score_checked(CheckedWindows(combined, names, [len(f) for f in frames]))
 
     def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
-        frames = [self.window_frame(w, f"windows[{i}]") for i, w in enumerate(request.windows)]
-        return self.score_frames(frames)
+        return self.score_checked(self.checker.check(request))
 
     def predict_stored(self, device_id: str, window: pd.DataFrame) -> dict[str, Any]:
         """Score a device's live window (from its collector or the store)."""
@@ -153,7 +188,7 @@ class InferenceService:
         if len(window) < self.min_rows:
             raise RequestError(f"device {device_id!r} has {len(window)} recent samples; scoring needs "
                                f"{self.min_rows}", "device_id", status=409)
-        return self.score_frames([window[[DEVICE, TIMESTAMP, *self.detector.metrics]]])[0]
+        return self.score_frames([window])[0]
 
 
 def now_iso() -> str:

@@ -1,7 +1,7 @@
 """``eyenet bench serve --json``: the HTTP path, measured beside its floors, in one run.
 
-Same load for every target: ``clients`` concurrent keep-alive clients (asyncio + httpx in
-this process) for ``seconds`` each, after a short warm-up:
+Same load for every target: ``clients`` concurrent keep-alive clients (aiohttp, spread over
+two load processes) for ``seconds`` each, after a short warm-up:
 
 * ``bare``: the same FastAPI app and model in one uvicorn process, no Ray (the ceiling);
 * ``noop``: a Ray Serve deployment that returns ``{}`` (Serve's own floor here);
@@ -29,6 +29,7 @@ import pandas as pd
 from eyenet.config import EyeNetConfig
 
 WARMUP_S = 2.0
+LOAD_PROCESSES = 2
 
 
 def _free_port() -> int:
@@ -37,31 +38,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _load(url: str, body: dict | None, clients: int, seconds: float) -> dict[str, float]:
-    import httpx
+async def _clients(url: str, body: bytes | None, clients: int, warmup_s: float,
+                   seconds: float) -> tuple[list[float], int]:
+    import aiohttp
 
     latencies: list[float] = []
     errors = 0
+    headers = {"content-type": "application/json"}
 
-    async def client(measure_until: float, record: bool) -> None:
+    async def client(session: aiohttp.ClientSession, until: float, record: bool) -> None:
         nonlocal errors
-        async with httpx.AsyncClient(timeout=30) as c:
-            while time.perf_counter() < measure_until:
-                started = time.perf_counter()
-                r = await (c.post(url, json=body) if body is not None else c.get(url))
-                if r.status_code != 200:
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            call = session.post(url, data=body, headers=headers) if body is not None else session.get(url)
+            async with call as r:
+                await r.read()
+                if r.status != 200:
                     errors += 1
                 elif record:
                     latencies.append(time.perf_counter() - started)
 
-    await asyncio.gather(*[client(time.perf_counter() + WARMUP_S, False) for _ in range(clients)])
-    started = time.perf_counter()
-    await asyncio.gather(*[client(started + seconds, True) for _ in range(clients)])
-    elapsed = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
-    return {"requests_per_s": round(len(ms) / elapsed, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1), "requests": len(ms), "errors": errors}
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        warm_until = time.perf_counter() + warmup_s
+        await asyncio.gather(*[client(session, warm_until, False) for _ in range(clients)])
+        until = time.perf_counter() + seconds
+        await asyncio.gather(*[client(session, until, True) for _ in range(clients)])
+    return latencies, errors
+
+
+def _load_process(args: tuple[str, bytes | None, int, float, float]) -> tuple[list[float], int]:
+    return asyncio.run(_clients(*args))
+
+
+def _load(url: str, body: dict | None, clients: int, seconds: float,
+          processes: int = LOAD_PROCESSES) -> dict[str, float]:
+    """``clients`` keep-alive clients spread over ``processes`` load processes (aiohttp):
+    the load generator must not share one interpreter with the Ray driver."""
+    import json
+    import multiprocessing
+
+    payload = None if body is None else json.dumps(body).encode()
+    per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        parts = pool.map(_load_process, [(url, payload, n, WARMUP_S, seconds) for n in per if n])
+    ms = np.array([x for lat, _ in parts for x in lat]) * 1000
+    errors = sum(e for _, e in parts)
+    return {"requests_per_s": round(len(ms) / seconds, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
+            "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
+            "requests": len(ms), "errors": errors}
 
 
 def _bench_setup(tmp: Path) -> tuple[EyeNetConfig, Any, pd.DataFrame]:
@@ -126,7 +152,7 @@ def run_serve_bench(clients: int = 16, seconds: float = 15.0,
     while not server.started:
         time.sleep(0.05)
     bare_url = f"http://127.0.0.1:{port}/v1/predict"
-    result["bare_predict"] = asyncio.run(_load(bare_url, predict_body, clients, seconds))
+    result["bare_predict"] = _load(bare_url, predict_body, clients, seconds)
     server.should_exit = True
     thread.join()
 
@@ -141,24 +167,25 @@ def run_serve_bench(clients: int = 16, seconds: float = 15.0,
 
     serve.run(serve.deployment(serve.ingress(noop_app)(type("Noop", (), {})), name="Noop").bind(),
               name="noop", route_prefix="/noop-app")
-    result["noop"] = asyncio.run(_load(f"http://127.0.0.1:{port}/noop-app/noop", None, clients, seconds))
+    result["noop"] = _load(f"http://127.0.0.1:{port}/noop-app/noop", None, clients, seconds)
     serve.delete("noop")
 
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     base = f"http://127.0.0.1:{port}"
-    result["predict"] = asyncio.run(_load(f"{base}/v1/predict", predict_body, clients, seconds))
-    score = asyncio.run(_load(f"{base}/v1/score", score_body, clients, seconds))
+    result["predict"] = _load(f"{base}/v1/predict", predict_body, clients, seconds)
+    score = _load(f"{base}/v1/score", score_body, clients, seconds)
     result["score"] = {**score, "windows_per_s": round(score["requests_per_s"] * windows_per_request, 1)}
     serve.delete(APP_NAME)
 
-    window = pd.DataFrame(score_body["windows"][0]["values"], columns=config.metrics)
-    windows = [window.assign(device_id=f"w{i}", timestamp=pd.date_range("2024-01-01", periods=len(window),
-                                                                          freq="1s", tz="UTC"))
-               for i in range(windows_per_request * 10)]
     service = InferenceService(detector, 1)
+    many = {"windows": score_body["windows"] * 10}
+    from eyenet.inference import ScoreRequest
+
+    request = ScoreRequest.model_validate(many)
     started = time.perf_counter()
-    service.score_frames(windows)
-    result["model_windows_per_s_in_process"] = round(len(windows) / (time.perf_counter() - started), 1)
+    service.score(request)
+    elapsed = time.perf_counter() - started
+    result["model_windows_per_s_in_process"] = round(len(request.windows) / elapsed, 1)
     result["predict_vs_noop"] = round(result["predict"]["requests_per_s"]
                                       / result["noop"]["requests_per_s"], 2)
     result["predict_vs_bare"] = round(result["predict"]["requests_per_s"]

@@ -86,7 +86,7 @@ def create_app(backend: Backend, max_body_bytes: int = 1_000_000, api_key: str |
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        field = _field_path(first["loc"])
         if first["type"] == "json_invalid":
             return _error(400, f"body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
                           "body")
@@ -155,6 +155,20 @@ def create_app(backend: Backend, max_body_bytes: int = 1_000_000, api_key: str |
         return backend.report(since)
 
     return app
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """pydantic's ``("body", "windows", 0, "values", 2)`` as ``windows[0].values[2]``, the
+    form the API's own checks use."""
+    path = ""
+    for part in loc:
+        if part == "body" and not path:
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in ("float", "none"):  # union branches pydantic names, not fields
+            path += f".{part}" if path else str(part)
+    return path or "body"
 
 
 def _error(status: int, message: str, field: str | None) -> JSONResponse:

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from ray import serve
 
@@ -24,7 +25,7 @@ from eyenet.config import EyeNetConfig
 from eyenet.drift import bin_counts
 from eyenet.errors import EyeNetError
 from eyenet.features import metric_of
-from eyenet.inference import InferenceService, RequestError, ScoreRequest
+from eyenet.inference import CheckedWindows, InferenceService, RequestError, ScoreRequest, WindowChecker
 from eyenet.monitoring import ScoreSummary
 from eyenet.registry import ModelRegistry
 from eyenet.store import open_store
@@ -91,19 +92,21 @@ class DetectorReplica:
             raise EyeNetError("no production model in the registry")
 
     @serve.batch
-    async def _score_batch(self, requests: list[list[pd.DataFrame]]) -> list[list[dict[str, Any]]]:
-        flat = [frame for frames in requests for frame in frames]
+    async def _score_batch(self, requests: list[CheckedWindows]) -> list[list[dict[str, Any]]]:
+        combined = CheckedWindows(pd.concat([r.frame for r in requests], ignore_index=True),
+                                  [n for r in requests for n in r.names],
+                                  [n for r in requests for n in r.lengths])
         started = time.perf_counter()
         service = self.service  # a model switch mid-batch does not mix versions
-        scored = service.score_frames(flat)
-        self._tell_monitor(service, flat, scored, (time.perf_counter() - started) * 1000.0)
+        scored = service.score_checked(combined)
+        self._tell_monitor(service, combined, scored, (time.perf_counter() - started) * 1000.0)
         out, start = [], 0
-        for frames in requests:
-            out.append(scored[start:start + len(frames)])
-            start += len(frames)
+        for request in requests:
+            out.append(scored[start:start + len(request.names)])
+            start += len(request.names)
         return out
 
-    def _tell_monitor(self, service: InferenceService, frames: list[pd.DataFrame],
+    def _tell_monitor(self, service: InferenceService, checked: CheckedWindows,
                       scored: list[dict[str, Any]], latency_ms: float) -> None:
         """Latency, anomalies and drift counts of this batch to the monitor, fire-and-forget:
         the request path never waits for (or fails because of) the monitor."""
@@ -111,7 +114,7 @@ class DetectorReplica:
         if monitor is None:
             return
         try:
-            newest = pd.concat([f.tail(1) for f in frames], ignore_index=True)
+            newest = checked.frame.iloc[np.cumsum(checked.lengths) - 1]
             feats = service.detector.features(newest)
             counts = bin_counts(feats.values, service.detector.feature_names, service.detector.reference)
             metrics = service.detector.metrics
@@ -138,11 +141,8 @@ class DetectorReplica:
             self._monitor_handle = find_monitor()
         return self._monitor_handle
 
-    async def score(self, frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
-        return await self._score_batch(frames)
-
-    def check_request(self, request: ScoreRequest) -> list[pd.DataFrame]:
-        return [self.service.window_frame(w, f"windows[{i}]") for i, w in enumerate(request.windows)]
+    async def score(self, checked: CheckedWindows) -> list[dict[str, Any]]:
+        return await self._score_batch(checked)
 
     def model_version(self) -> int | None:
         return self.service.model_version
@@ -155,6 +155,8 @@ class IngressBackend(StoreViews):
         super().__init__(config, open_store(config.store_uri))
         self.detector = detector_handle
         self.min_rows = min_rows
+        # requests are checked here, so a bad one never costs a detector replica anything
+        self.checker = WindowChecker(config.metrics, min_rows, config.sample_interval_s)
 
     async def predict(self, device_id: str) -> dict[str, Any]:
         window = self.stored_window(device_id, self.min_rows + self.config.detector.smoothing)
@@ -164,11 +166,11 @@ class IngressBackend(StoreViews):
             raise RequestError(f"device {device_id!r} has {len(window)} recent samples; scoring needs "
                                f"{self.min_rows}", "device_id", status=409)
         columns = ["device_id", "timestamp", *self.config.metrics]
-        return (await self.detector.score.remote([window[columns]]))[0]
+        checked = CheckedWindows(window[columns].reset_index(drop=True), [device_id], [len(window)])
+        return (await self.detector.score.remote(checked))[0]
 
     async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
-        frames = await self.detector.check_request.remote(request)
-        return await self.detector.score.remote(frames)
+        return await self.detector.score.remote(self.checker.check(request))
 
 
 class _BackendSlot:

@@ -102,7 +102,7 @@ def test_health_says_what_is_missing(tmp_path, detector):
 @pytest.mark.parametrize("mutate, status, field", [
     (lambda b: b.pop("windows"), 422, "windows"),
     (lambda b: b.update(windows=[]), 422, "windows"),
-    (lambda b: b["windows"][0].update(values="x"), 422, "windows.0.values"),
+    (lambda b: b["windows"][0].update(values="x"), 422, "windows[0].values"),
     (lambda b: b["windows"][0]["values"][3].pop(), 422, "windows[0].values[3]"),
     (lambda b: b["windows"][0]["values"].__setitem__(slice(5, None), []), 422, "windows[0].values"),
     (lambda b: b["windows"][0]["values"][2].__setitem__(1, float("nan")), 422, "windows[0].values[2][1]"),
