@@ -15,7 +15,8 @@ One module, one tree, so callers can catch as broadly or narrowly as they need::
     ├── ArtifactError                an artifact cannot be written or read
     │   └── ArtifactIntegrityError   a file is missing, extra or differs from its sha256 manifest
     ├── SourceError                  a telemetry source failed (``device_id`` when one device's)
-    └── PipelineError                the streaming pipeline cannot start or was misused
+    ├── PipelineError                the streaming pipeline cannot start or was misused
+    └── RequestError                 an API request is refused (``field``; ``status`` the HTTP code)
 
 Foreign exceptions (sqlite3, pymongo, pyarrow, torch) are mapped at the edge with
 ``raise SomeEyeNetError(...) from exc`` so the original stays in ``__cause__``.
@@ -123,3 +124,15 @@ class SourceError(EyeNetError):
 class PipelineError(EyeNetError):
     """The streaming pipeline cannot start (no production model, bad source options) or an
     actor was asked for something it does not hold."""
+
+
+class RequestError(EyeNetError, ValueError):
+    """A request the API refuses: ``field`` names what was wrong, ``status`` the HTTP code."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 422) -> None:
+        super().__init__(message, field, status)
+        self.field = field
+        self.status = status
+
+    def __str__(self) -> str:
+        return str(self.args[0])

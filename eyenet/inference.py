@@ -22,22 +22,10 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from eyenet.detector import Detector
-from eyenet.errors import EyeNetError
+from eyenet.errors import RequestError
 from eyenet.telemetry import DEVICE, TIMESTAMP, parse_timestamps, to_ms
 
 MAX_WINDOWS_PER_REQUEST = 1000
-
-
-class RequestError(EyeNetError, ValueError):
-    """A request the API refuses: ``field`` names what was wrong, ``status`` the HTTP code."""
-
-    def __init__(self, message: str, field: str | None = None, status: int = 422) -> None:
-        super().__init__(message, field, status)
-        self.field = field
-        self.status = status
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class PredictRequest(BaseModel):

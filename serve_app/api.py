@@ -28,9 +28,10 @@ from eyenet.errors import (
     ModelNotFoundError,
     PromotionRejectedError,
     RegistryError,
+    RequestError,
     StoreError,
 )
-from eyenet.inference import Prediction, PredictRequest, RequestError, ScoreRequest
+from eyenet.inference import Prediction, PredictRequest, ScoreRequest
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "EYENET_API_KEY"

@@ -14,6 +14,7 @@ from eyenet.config import EyeNetConfig
 from eyenet.detector import Detector
 from eyenet.registry import ModelRegistry
 from eyenet.store import open_store
+from tests.unit.test_api import promoted_store
 from tests.unit.test_detector import METRICS, config, telemetry
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -32,16 +33,9 @@ def served(tmp_path_factory) -> Iterator[tuple[str, Detector, pd.DataFrame, EyeN
     from serve_app.deployments import APP_NAME, build_app
 
     tmp = tmp_path_factory.mktemp("serve")
-    cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], store_uri=f"sqlite:///{tmp}/e.db",
-                       artifact_root=str(tmp / "artifacts"),
-                       serve={"min_replicas": 1, "max_replicas": 1, "model_poll_s": 0.5})
     detector = Detector(config(), METRICS, gap_s=3.0).fit(telemetry(400))
-    store = open_store(cfg.store_uri)
-    registry = ModelRegistry(store, cfg.artifact_root)
-    mv = registry.register(detector.save(tmp / "model"))
-    registry.promote(mv.name, mv.version)
-    live = telemetry(60, start_s=5000, seed=4, devices=("r1",))
-    store.write_samples(live.assign(label=pd.array([None] * len(live), dtype="Int8")))
+    cfg, _, _, live = promoted_store(tmp, detector,
+                                     serve={"min_replicas": 1, "max_replicas": 1, "model_poll_s": 0.5})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")

@@ -27,16 +27,22 @@ def detector() -> Detector:
     return Detector(config(), METRICS, gap_s=3.0).fit(telemetry(400))
 
 
-@pytest.fixture
-def setup(tmp_path, detector):
+def promoted_store(tmp_path, detector, **settings):
+    """A store whose production model is ``detector``, holding 60 s of device r1's telemetry."""
     cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], store_uri=f"sqlite:///{tmp_path}/e.db",
-                       artifact_root=str(tmp_path / "artifacts"))
+                       artifact_root=str(tmp_path / "artifacts"), **settings)
     store = open_store(cfg.store_uri)
     registry = ModelRegistry(store, cfg.artifact_root)
     mv = registry.register(detector.save(tmp_path / "model"))
     registry.promote(mv.name, mv.version)
     live = telemetry(60, start_s=5000, seed=4, devices=("r1",))
     store.write_samples(live.assign(label=pd.array([None] * len(live), dtype="Int8")))
+    return cfg, store, mv, live
+
+
+@pytest.fixture
+def setup(tmp_path, detector):
+    cfg, store, mv, live = promoted_store(tmp_path, detector)
     store.upsert_event(Event(kind="anomaly", message="m", device_id="r1", metrics=["cpu"]))
     backend = LocalBackend(cfg, store, InferenceService(detector, mv.version, cfg.sample_interval_s))
     return cfg, store, backend, live
