@@ -23,9 +23,9 @@ from ray import serve
 from actors.features import load_production
 from eyenet.config import EyeNetConfig
 from eyenet.drift import bin_counts
-from eyenet.errors import EyeNetError
+from eyenet.errors import EyeNetError, RequestError
 from eyenet.features import metric_of
-from eyenet.inference import CheckedWindows, InferenceService, RequestError, ScoreRequest, WindowChecker
+from eyenet.inference import CheckedWindows, InferenceService, ScoreRequest, WindowChecker
 from eyenet.monitoring import ScoreSummary
 from eyenet.registry import ModelRegistry
 from eyenet.store import open_store

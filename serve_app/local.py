@@ -13,8 +13,8 @@ from typing import Any
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.errors import EyeNetError
-from eyenet.inference import InferenceService, RequestError, ScoreRequest
+from eyenet.errors import EyeNetError, RequestError
+from eyenet.inference import InferenceService, ScoreRequest
 from eyenet.registry import DEFAULT_MODEL_NAME, ModelRegistry
 from eyenet.store import Store
 from serve_app.api import jsonable
