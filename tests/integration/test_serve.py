@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 
-import httpx
+import httpx2 as httpx
 import pandas as pd
 import pytest
 
