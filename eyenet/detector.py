@@ -151,9 +151,9 @@ class Detector:
         history in their segment get score 0 and no features.
         """
         self.require_fitted()
-        frame_keys = _keys(frame)
         if history is not None and not history.empty:
             # rows present in both are the frame's own; history only adds earlier context
+            frame_keys = _keys(frame)
             history = history[~_keys(history).isin(frame_keys)]
         context = frame if history is None or history.empty else pd.concat(
             [history[[c for c in frame.columns if c in history.columns]], frame], ignore_index=True)

@@ -106,8 +106,11 @@ def build_features(frame: pd.DataFrame, metrics: list[str], *, gap_s: float,
     data = frame.iloc[order]
     devices = data[DEVICE].astype(str).to_numpy()
     ts_ms = all_ms[order]
+    columns = data[metrics]
     try:
-        raw = data[metrics].apply(pd.to_numeric, errors="raise").to_numpy(np.float64, copy=True)
+        if not all(pd.api.types.is_numeric_dtype(t) for t in columns.dtypes):
+            columns = columns.apply(pd.to_numeric, errors="raise")  # text that holds numbers
+        raw = columns.to_numpy(np.float64, copy=True)
     except (ValueError, TypeError) as exc:
         raise TelemetryError(f"metric columns must be numeric: {exc}") from exc
     raw[~np.isfinite(raw)] = np.nan
@@ -116,7 +119,8 @@ def build_features(frame: pd.DataFrame, metrics: list[str], *, gap_s: float,
     gap = np.r_[False, np.diff(ts_ms) > gap_s * 1000.0]
     segments = np.cumsum(new_device | gap) - 1
 
-    filled = pd.DataFrame(raw, columns=metrics).groupby(segments).ffill().to_numpy()
+    missing = np.isnan(raw).any()
+    filled = pd.DataFrame(raw, columns=metrics).groupby(segments).ffill().to_numpy() if missing else raw
     columns = [filled]
     for _name, (num, den) in RATIO_FEATURES.items():
         if num in metrics and den in metrics:

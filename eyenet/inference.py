@@ -163,7 +163,8 @@ class InferenceService:
             return []
         columns = [DEVICE, TIMESTAMP, *self.detector.metrics]
         names = [str(f.iat[0, f.columns.get_loc(DEVICE)]) for f in frames]
-        combined = pd.concat([f[columns] for f in frames], ignore_index=True)
+        combined = pd.concat([f if list(f.columns) == columns else f[columns] for f in frames],
+                             ignore_index=True)
         return self.score_checked(CheckedWindows(combined, names, [len(f) for f in frames]))
 
     def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
