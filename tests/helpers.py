@@ -139,3 +139,18 @@ class ListSink:
 
     def close(self, timeout_s: float = 5.0) -> None:
         self.closed = True
+
+
+def wait_for(condition: Any, timeout_s: float = 120.0, what: str = "condition",
+             poll_s: float = 0.2) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned) or the deadline
+    passes (AssertionError naming ``what``): tests wait on conditions, never fixed times."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

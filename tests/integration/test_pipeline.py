@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -23,21 +23,12 @@ from eyenet.registry import ModelRegistry
 from eyenet.simulate import Incident, SimulatedSource
 from eyenet.store import open_store
 from eyenet.telemetry import TIMESTAMP, TelemetryValidator, to_ms
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 DEVICES = 6
 SEED = 11
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float = 120.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def make_config(tmp_path: Path, **overrides) -> EyeNetConfig:

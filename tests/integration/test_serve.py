@@ -14,6 +14,7 @@ from eyenet.config import EyeNetConfig
 from eyenet.detector import Detector
 from eyenet.registry import ModelRegistry
 from eyenet.store import open_store
+from tests.helpers import wait_for
 from tests.unit.test_api import promoted_store
 from tests.unit.test_detector import METRICS, config, telemetry
 
@@ -71,7 +72,6 @@ def test_bad_input_is_a_4xx_and_the_replica_lives_on(served):
 
 def test_requests_keep_succeeding_through_a_promotion_and_a_rollback(served, tmp_path):
     import threading
-    import time
 
     from eyenet.gates import promotion_gates
 
@@ -94,14 +94,9 @@ def test_requests_keep_succeeding_through_a_promotion_and_a_rollback(served, tmp
     try:
         v2 = registry.register(detector.save(tmp_path / "v2"))
         registry.promote(v2.name, v2.version, promotion_gates(cfg, registry))
-        deadline = time.monotonic() + 60
-        while (not seen or seen[-1] != 2) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert seen and seen[-1] == 2, "replicas switched to v2"
+        wait_for(lambda: seen and seen[-1] == 2, 60, "replicas to switch to v2")
         registry.rollback(v2.name)
-        deadline = time.monotonic() + 60
-        while seen[-1] != 1 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: seen[-1] == 1, 60, "replicas to switch back to v1")
     finally:
         stop.set()
         for t in threads:
@@ -111,7 +106,6 @@ def test_requests_keep_succeeding_through_a_promotion_and_a_rollback(served, tmp
 
 
 def test_request_latency_and_features_reach_the_monitor(served):
-    import time
 
     import ray
 
@@ -122,16 +116,13 @@ def test_request_latency_and_features_reach_the_monitor(served):
     try:
         window = telemetry(40, start_s=9000, seed=3, devices=("w9",))
         body = {"windows": [{"device_id": "w9", "values": window[METRICS].to_numpy().tolist()}]}
-        deadline = time.monotonic() + 90  # replicas look the monitor up every 10 s
-        stats = {}
-        while time.monotonic() < deadline:
+
+        def recorded() -> bool:
             assert httpx.post(f"{url}/v1/score", json=body, timeout=60).status_code == 200
-            stats = ray.get(monitor.stats.remote())
-            if stats["latency"]["count"] > 0:
-                break
-            time.sleep(0.5)
-        assert stats["latency"]["count"] > 0, stats
+            return ray.get(monitor.stats.remote())["latency"]["count"] > 0
+
+        # replicas look the monitor up every 10 s
+        wait_for(recorded, 90, "the monitor to record request latency", poll_s=0.5)
     finally:
         ray.kill(monitor, no_restart=True)
-        while find_monitor() is not None:
-            time.sleep(0.2)
+        wait_for(lambda: find_monitor() is None, 30, "the monitor to go")
