@@ -14,7 +14,6 @@ which the API turns into a 4xx.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import numpy as np
@@ -169,16 +168,3 @@ class InferenceService:
 
     def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
         return self.score_checked(self.checker.check(request))
-
-    def predict_stored(self, device_id: str, window: pd.DataFrame) -> dict[str, Any]:
-        """Score a device's live window (from its collector or the store)."""
-        if window.empty:
-            raise RequestError(f"unknown device {device_id!r}: no samples", "device_id", status=404)
-        if len(window) < self.min_rows:
-            raise RequestError(f"device {device_id!r} has {len(window)} recent samples; scoring needs "
-                               f"{self.min_rows}", "device_id", status=409)
-        return self.score_frames([window])[0]
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat()

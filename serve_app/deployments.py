@@ -23,7 +23,7 @@ from ray import serve
 from actors.features import load_production
 from eyenet.config import EyeNetConfig
 from eyenet.drift import bin_counts
-from eyenet.errors import EyeNetError, RequestError
+from eyenet.errors import EyeNetError
 from eyenet.features import metric_of
 from eyenet.inference import CheckedWindows, InferenceService, ScoreRequest, WindowChecker
 from eyenet.monitoring import ScoreSummary
@@ -159,15 +159,7 @@ class IngressBackend(StoreViews):
         self.checker = WindowChecker(config.metrics, min_rows, config.sample_interval_s)
 
     async def predict(self, device_id: str) -> dict[str, Any]:
-        window = self.stored_window(device_id, self.min_rows + self.config.detector.smoothing)
-        if window.empty:
-            raise RequestError(f"unknown device {device_id!r}: no samples", "device_id", status=404)
-        if len(window) < self.min_rows:
-            raise RequestError(f"device {device_id!r} has {len(window)} recent samples; scoring needs "
-                               f"{self.min_rows}", "device_id", status=409)
-        columns = ["device_id", "timestamp", *self.config.metrics]
-        checked = CheckedWindows(window[columns].reset_index(drop=True), [device_id], [len(window)])
-        return (await self.detector.score.remote(checked))[0]
+        return (await self.detector.score.remote(self.live_window(device_id)))[0]
 
     async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
         return await self.detector.score.remote(self.checker.check(request))
