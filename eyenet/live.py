@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,26 @@ class _Episode:
     points: int = 0
     metrics: Counter[str] = field(default_factory=Counter)
     written_at_s: float = 0.0
+
+
+def anomaly_points(detector: Detector, devices: Iterable[Any], ts_ms: Iterable[Any], scores: Iterable[Any],
+                   top_features: Iterable[list[str]]) -> list[tuple[str, int, float, list[str]]]:
+    """Flagged points as the monitor takes them: (device, ms, score, metrics that drove it,
+    most first), the metrics being the configured ones behind the top features."""
+    return [(str(d), int(t), float(s), list(dict.fromkeys(metric_of(f, detector.metrics) for f in tops)))
+            for d, t, s, tops in zip(devices, ts_ms, scores, top_features, strict=True)]
+
+
+def batch_summary(detector: Detector, device_ids: list[str],
+                  anomalies: list[tuple[str, int, float, list[str]]], features: np.ndarray,
+                  latency_ms: float, n_windows: int, model_version: int | None,
+                  sent_at_s: float) -> ScoreSummary:
+    """One scored batch for the monitor (live scoring and the Serve replicas send the same)."""
+    counts = bin_counts(features, detector.feature_names, detector.reference)
+    return ScoreSummary(sent_at_s=sent_at_s, latency_ms=latency_ms, n_windows=n_windows,
+                        device_counts=dict(Counter(device_ids)), anomalies=anomalies,
+                        feature_counts={k: v.tolist() for k, v in counts.items()},
+                        model_version=model_version)
 
 
 class LiveScorer:
@@ -74,26 +94,16 @@ class LiveScorer:
                 self.poll_to_score_ms.add((done - polled_at_s) * 1000.0, at_s=done)
         anomalies = self._anomalies(scores, done)
         self._close_quiet_episodes(scores, done)
-        features = self.stream.last_features
-        det = self.detector
-        summary = ScoreSummary(
-            sent_at_s=done, latency_ms=latency_ms, n_windows=windows,
-            device_counts=scores[DEVICE].value_counts().to_dict() if len(scores) else {},
-            anomalies=anomalies,
-            feature_counts={k: v.tolist() for k, v in
-                            bin_counts(features, det.feature_names, det.reference).items()},
-            model_version=self.model_version)
+        summary = batch_summary(self.detector, scores[DEVICE].tolist(), anomalies, self.stream.last_features,
+                                latency_ms, windows, self.model_version, done)
         return scores, summary
 
     def _anomalies(self, scores: pd.DataFrame, now_s: float) -> list[tuple[str, int, float, list[str]]]:
         flagged = scores[scores["is_anomaly"]]
-        out = []
-        metrics = self.detector.metrics
-        for device, ts, score, tops in zip(flagged[DEVICE], to_ms(flagged[TIMESTAMP]), flagged["score"],
-                                           flagged["top_features"], strict=True):
-            named = list(dict.fromkeys(metric_of(f, metrics) for f in tops))
-            out.append((str(device), int(ts), float(score), named))
-            self._extend_episode(str(device), int(ts), float(score), named, now_s)
+        out = anomaly_points(self.detector, flagged[DEVICE], to_ms(flagged[TIMESTAMP]), flagged["score"],
+                             flagged["top_features"])
+        for device, ts_ms, score, named in out:
+            self._extend_episode(device, ts_ms, score, named, now_s)
         self.totals["anomalies"] += len(out)
         return out
 

@@ -22,11 +22,9 @@ from ray import serve
 
 from actors.features import load_production
 from eyenet.config import EyeNetConfig
-from eyenet.drift import bin_counts
 from eyenet.errors import EyeNetError
-from eyenet.features import metric_of
 from eyenet.inference import CheckedWindows, InferenceService, ScoreRequest, WindowChecker
-from eyenet.monitoring import ScoreSummary
+from eyenet.live import anomaly_points, batch_summary
 from eyenet.registry import ModelRegistry
 from eyenet.store import open_store
 from serve_app.api import create_app
@@ -114,20 +112,15 @@ class DetectorReplica:
         if monitor is None:
             return
         try:
-            newest = checked.frame.iloc[np.cumsum(checked.lengths) - 1]
-            feats = service.detector.features(newest)
-            counts = bin_counts(feats.values, service.detector.feature_names, service.detector.reference)
-            metrics = service.detector.metrics
-            anomalies = [(p["device_id"], int(pd.Timestamp(p["timestamp"]).value // 1_000_000),
-                          p["anomaly_score"], [metric_of(f, metrics) for f in p["top_features"]])
-                         for p in scored if p["is_anomaly"]]
-            devices: dict[str, int] = {}
-            for p in scored:
-                devices[p["device_id"]] = devices.get(p["device_id"], 0) + 1
-            monitor.record.remote(ScoreSummary(
-                sent_at_s=time.time(), latency_ms=latency_ms, n_windows=len(scored), device_counts=devices,
-                anomalies=anomalies, feature_counts={k: v.tolist() for k, v in counts.items()},
-                model_version=service.model_version))
+            detector = service.detector
+            newest = detector.features(checked.frame.iloc[np.cumsum(checked.lengths) - 1])
+            flagged = [p for p in scored if p["is_anomaly"]]
+            anomalies = anomaly_points(detector, [p["device_id"] for p in flagged],
+                                       [pd.Timestamp(p["timestamp"]).value // 1_000_000 for p in flagged],
+                                       [p["anomaly_score"] for p in flagged],
+                                       [p["top_features"] for p in flagged])
+            monitor.record.remote(batch_summary(detector, checked.names, anomalies, newest.values, latency_ms,
+                                                len(scored), service.model_version, time.time()))
         except Exception as exc:  # monitoring is best effort; scoring already succeeded
             self._monitor_handle = None
             log.warning("could not report to the monitor: %s", exc)
