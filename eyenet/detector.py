@@ -61,6 +61,38 @@ class TrainingData:
         return x, self.features.flagged[targets].astype(np.float32)[:, None]
 
 
+@dataclass
+class ScoredRows:
+    """Per-row scores of a telemetry frame (see :meth:`Detector.score`)."""
+
+    features: FeatureFrame
+    score: np.ndarray           # calibrated, 0..1; 0 where unscored
+    raw: np.ndarray             # raw score, NaN where unscored
+    threshold: np.ndarray
+    is_anomaly: np.ndarray
+    contrib: np.ndarray         # (rows, features) per-feature contribution
+    scored: np.ndarray          # bool: the row had a full window in its segment
+    feature_names: list[str]
+    top_k: int
+
+    def frame(self, rows: np.ndarray) -> pd.DataFrame:
+        """:meth:`Detector.score`'s output frame for ``rows``."""
+        feats, scored = self.features, self.scored[rows]
+        tops = self.top_features(rows)
+        out = pd.DataFrame({DEVICE: feats.device_ids[rows], TIMESTAMP: from_ms(feats.timestamps_ms[rows]),
+                            "score": self.score[rows], "raw_score": np.where(scored, self.raw[rows], np.nan),
+                            "threshold": self.threshold[rows], "is_anomaly": self.is_anomaly[rows],
+                            "top_features": tops})
+        out["top_feature"] = [t[0] if t else "" for t in tops]
+        return out
+
+    def top_features(self, rows: np.ndarray) -> list[list[str]]:
+        """The top_k features by contribution at each of ``rows``; none for unscored rows."""
+        rows = np.asarray(rows)
+        ranked = top_features(np.nan_to_num(self.contrib[rows]), self.feature_names, self.top_k)
+        return [top if ok else [] for top, ok in zip(ranked, self.scored[rows], strict=True)]
+
+
 class Detector:
     def __init__(self, config: DetectorConfig, metrics: list[str], gap_s: float) -> None:
         self.config = config
@@ -157,20 +189,28 @@ class Detector:
             history = history[~_keys(history).isin(frame_keys)]
         context = frame if history is None or history.empty else pd.concat(
             [history[[c for c in frame.columns if c in history.columns]], frame], ignore_index=True)
-        feats = self.features(context)
-        own = np.ones(len(feats), bool)
+        rows = self.score_rows(context)
+        own = np.ones(len(rows.features), bool)
         if context is not frame:
+            feats = rows.features
             own = pd.MultiIndex.from_arrays([feats.device_ids, feats.timestamps_ms]).isin(frame_keys)
+        return rows.frame(np.flatnonzero(own))
+
+    def score_rows(self, frame: pd.DataFrame) -> ScoredRows:
+        """:meth:`score`'s numbers as arrays, rows ordered by device then time: what a caller
+        that wants a few rows (the newest of each window) uses without building a frame."""
+        self.require_fitted()
+        feats = self.features(frame)
         raw, contrib, scored = self._raw_scores(feats, self.scaler.transform(feats.values), feats.segments)
+        return self.scored_rows(feats, raw, contrib, scored)
+
+    def scored_rows(self, feats: FeatureFrame, raw: np.ndarray, contrib: np.ndarray,
+                    scored: np.ndarray) -> ScoredRows:
+        """Calibrated scores, thresholds and flags from raw scores and contributions."""
         score = np.where(scored, self.calibrate(raw), 0.0)
         thresholds = self.thresholds_for(feats.device_ids)
-        tops = self.top_features_of(contrib, scored)
-        out = pd.DataFrame({DEVICE: feats.device_ids, TIMESTAMP: from_ms(feats.timestamps_ms),
-                            "score": score, "raw_score": np.where(scored, raw, np.nan),
-                            "threshold": thresholds, "is_anomaly": scored & (score > thresholds),
-                            "top_features": tops})
-        out["top_feature"] = [t[0] if t else "" for t in tops]
-        return out[own].reset_index(drop=True)
+        return ScoredRows(feats, score, raw, thresholds, scored & (score > thresholds), contrib, scored,
+                          self.feature_names, self.config.top_k_features)
 
     def _raw_scores(self, feats: FeatureFrame, scaled: np.ndarray,
                     segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -203,15 +243,6 @@ class Detector:
         if self.config.objective == "forecast":
             return (out - scaled[targets]) ** 2, None
         return scaled[targets] ** 2, out[:, 0]  # contribution: distance from the training median
-
-    def top_features_of(self, contrib: np.ndarray, scored: np.ndarray) -> list[list[str]]:
-        """The top_k features by contribution for each row; none for unscored rows."""
-        tops: list[list[str]] = [[] for _ in range(len(scored))]
-        rows = np.flatnonzero(scored)  # only scored rows have contributions worth ranking
-        for row, top in zip(rows, top_features(np.nan_to_num(contrib[rows]), self.feature_names,
-                                               self.config.top_k_features), strict=True):
-            tops[row] = top
-        return tops
 
     def thresholds_for(self, device_ids: np.ndarray) -> np.ndarray:
         """The calibrated-score threshold of each row's device (default 0.5)."""

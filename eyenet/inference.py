@@ -142,19 +142,22 @@ class InferenceService:
         """One prediction per window (its newest row), all windows in one forward pass."""
         if not checked.names:
             return []
-        # each window is its own series (a key per window), scored in one call
-        keys = np.array([f"{i:06d}\x1f{name}" for i, name in enumerate(checked.names)], dtype=object)
+        # each window is its own series (a key per window, sorting in window order), all
+        # scored in one call; the newest row of window i is then row cumsum(lengths)[i] - 1
+        keys = np.array([f"{i:09d}\x1f{name}" for i, name in enumerate(checked.names)], dtype=object)
         combined = checked.frame.copy()
         combined[DEVICE] = np.repeat(keys, checked.lengths)
-        scores = self.detector.score(combined)
-        last = scores.groupby(DEVICE, sort=False).tail(1).set_index(DEVICE).reindex(keys)
-        stamps = last[TIMESTAMP].map(pd.Timestamp.isoformat).tolist()
+        rows = self.detector.score_rows(combined)
+        last = np.cumsum(checked.lengths) - 1
+        if not np.array_equal(rows.features.device_ids[last], keys):
+            raise RequestError("a window's rows are not in time order", "windows")
+        stamps = pd.to_datetime(rows.features.timestamps_ms[last], unit="ms", utc=True)
         return [{"device_id": name, "is_anomaly": bool(flag), "anomaly_score": float(score),
-                 "threshold": float(threshold), "model_version": self.model_version, "timestamp": stamp,
-                 "top_features": list(top)}
+                 "threshold": float(threshold), "model_version": self.model_version,
+                 "timestamp": stamp.isoformat(), "top_features": top}
                 for name, flag, score, threshold, stamp, top in zip(
-                    checked.names, last["is_anomaly"], last["score"], last["threshold"], stamps,
-                    last["top_features"], strict=True)]
+                    checked.names, rows.is_anomaly[last], rows.score[last], rows.threshold[last], stamps,
+                    rows.top_features(last), strict=True)]
 
     def score_frames(self, frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
         """Score telemetry frames (one window each) as :meth:`score_checked` does."""

@@ -114,14 +114,7 @@ class StreamScorer:
             self._smooth(feats.device_ids, feats.segments, feats.timestamps_ms, new, contrib, raw)
         rows = np.flatnonzero(new)
         self.last_features = feats.values[rows]
-        score = np.where(is_target[rows], self.detector.calibrate(raw[rows]), 0.0)
-        thresholds = self.detector.thresholds_for(feats.device_ids[rows])
-        tops = self.detector.top_features_of(contrib[rows], is_target[rows])
-        out = pd.DataFrame({DEVICE: feats.device_ids[rows], TIMESTAMP: from_ms(feats.timestamps_ms[rows]),
-                            "score": score, "raw_score": np.where(is_target[rows], raw[rows], np.nan),
-                            "threshold": thresholds, "is_anomaly": is_target[rows] & (score > thresholds),
-                            "top_features": tops})
-        out["top_feature"] = [t[0] if t else "" for t in tops]
+        out = self.detector.scored_rows(feats, raw, contrib, is_target).frame(rows)
         self._trim(out)
         return out
 

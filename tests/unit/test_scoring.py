@@ -147,6 +147,20 @@ def test_smoothing_keeps_leading_missing_rows_missing():
     assert out[2, 0] == 2.0
 
 
+def test_smoothing_matches_pandas_with_missing_values_and_interleaved_segments():
+    """Missing values inside a segment decay the profile without adding to it (pandas'
+    ignore_na=False), and segments need not be contiguous runs of rows."""
+    rng = np.random.default_rng(1)
+    errors = rng.exponential(1.0, (60, 2))
+    errors[rng.random((60, 2)) < 0.2] = np.nan
+    segments = rng.integers(0, 4, 60)
+    out = smoothed_errors(errors, segments, steps=6)
+    for seg in range(4):
+        rows = segments == seg
+        expected = pd.DataFrame(errors[rows]).ewm(span=6, adjust=True).mean().to_numpy()
+        np.testing.assert_allclose(out[rows], expected)
+
+
 def test_one_step_smoothing_is_the_identity():
     """steps <= 1 returns the squared errors unchanged."""
     errors = np.arange(6.0).reshape(3, 2)
