@@ -34,6 +34,7 @@ from eyenet.store.base import Event, Store
 DEFAULT_MODEL_NAME = "eyenet-detector"
 STAGING, PRODUCTION, ARCHIVED = "staging", "production", "archived"
 CAS_ATTEMPTS = 20
+MAX_VERSION = 2**63 - 1
 
 # A promotion gate looks at a candidate (and its verified local files) and returns the
 # reasons it fails; an empty list passes.
@@ -107,6 +108,8 @@ class ModelRegistry:
         return ModelVersion(state=label, **fields)
 
     def get(self, name: str, version: int) -> ModelVersion:
+        if not 1 <= int(version) <= MAX_VERSION:  # stores hold 64-bit integers only
+            raise ModelNotFoundError(f"model {name} has no version {version}")
         record = self.store.get_model_record(name, int(version))
         if record is None:
             raise ModelNotFoundError(f"model {name} has no version {version}")

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from eyenet.config import EyeNetConfig
-from eyenet.errors import EyeNetError, RequestError
+from eyenet.errors import ConfigError, EyeNetError, RequestError
 from eyenet.inference import CheckedWindows, InferenceService, ScoreRequest
 from eyenet.registry import DEFAULT_MODEL_NAME, ModelRegistry
 from eyenet.store import Store
@@ -58,8 +58,12 @@ class StoreViews:
         from eyenet.monitoring import Monitor
         from eyenet.timespec import parse_since
 
+        try:
+            since_s = parse_since(since, time.time())
+        except ConfigError as exc:  # the caller's parameter, not the server's configuration
+            raise RequestError(str(exc).replace("--since", "since", 1), "since") from exc
         monitor = Monitor(self.config, self.store, None, sinks=[])
-        return jsonable(monitor.report(parse_since(since, time.time())))
+        return jsonable(monitor.report(since_s))
 
     def promote(self, version: int) -> dict[str, Any]:
         from eyenet.gates import promotion_gates

@@ -97,6 +97,19 @@ def test_read_endpoints(setup):
     assert "/v1/score" in c.get("/openapi.json").json()["paths"]
 
 
+@pytest.mark.parametrize("path, params, field", [
+    ("/v1/report", {"since": "UTC"}, "since"),            # was a 503: a caller's error
+    ("/v1/anomalies", {"limit": "0"}, "limit"),
+    ("/v1/models/9223372036854775808/promote", None, "version"),  # was a 500 (SQLite overflow)
+])
+def test_bad_parameters_get_a_4xx_naming_them(setup, path, params, field):
+    _, _, backend, _ = setup
+    c = client(backend)
+    response = c.post(path) if path.endswith("promote") else c.get(path, params=params)
+    assert 400 <= response.status_code < 500, response.text
+    assert field in (response.json()["field"] or "") + response.json()["detail"]
+
+
 def test_health_says_what_is_missing(tmp_path, detector):
     cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], store_uri=f"sqlite:///{tmp_path}/e.db",
                        artifact_root=str(tmp_path / "a"))

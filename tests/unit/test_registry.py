@@ -94,6 +94,9 @@ def test_unknown_versions_and_double_promotion(registry, model_dir):
     registry.register(model_dir)
     with pytest.raises(ModelNotFoundError, match="no version 7"):
         registry.promote(NAME, 7)
+    for beyond in (0, -3, 2**63):  # 2**63 once crashed SQLite with OverflowError
+        with pytest.raises(ModelNotFoundError, match=f"no version {beyond}"):
+            registry.promote(NAME, beyond)
     registry.promote(NAME, 1)
     with pytest.raises(RegistryError, match="already in production"):
         registry.promote(NAME, 1)
