@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from actors.monitor import NAMESPACE
 from eyenet.collector import Collector
 from eyenet.config import EyeNetConfig
 from eyenet.sources import build_source
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 # Scoring calls a collector may have outstanding before it waits (backpressure from the pool).
 MAX_INFLIGHT_SCORING = 4
 COLLECTOR_CPUS = 0.05
+# Collector actors are named COLLECTOR_PREFIX + ... in NAMESPACE, so Serve can find them.
+COLLECTOR_PREFIX = "eyenet-collector-"
+DISCOVERY_REFRESH_S = 10.0
 # How long after a sample-grid tick a collector polls (sources need a moment to have it).
 POLL_AFTER_TICK_S = 0.05
 
@@ -118,6 +122,13 @@ class CollectorActor:
         with self._lock:
             return self.core.recent_frame(device_id)
 
+    def recent_frames(self, device_ids: list[str]) -> pd.DataFrame:
+        with self._lock:
+            return self.core.recent_frames(device_ids)
+
+    def device_ids(self) -> list[str]:
+        return list(self.core.device_ids)
+
     def stop(self) -> dict[str, Any]:
         """Stop polling after the current poll, wait for outstanding scoring calls."""
         import ray
@@ -127,3 +138,57 @@ class CollectorActor:
         if self._inflight:
             ray.wait(self._inflight, num_returns=len(self._inflight), timeout=30)
         return self.stats()
+
+
+class LiveCollectors:
+    """The running pipeline's collectors, seen from elsewhere in the cluster (the Serve
+    detector replicas): they are named actors (``COLLECTOR_PREFIX`` in namespace
+    ``eyenet``), found again every ``refresh_s`` so a pipeline started or stopped later
+    is noticed. Every failure reads as "no collector has it": the caller falls back to
+    the store."""
+
+    def __init__(self, refresh_s: float = DISCOVERY_REFRESH_S, timeout_s: float = 2.0) -> None:
+        self.refresh_s, self.timeout_s = refresh_s, timeout_s
+        self._owner: dict[str, Any] = {}
+        self._refresh_at = 0.0
+
+    async def recent(self, device_ids: list[str]) -> pd.DataFrame | None:
+        """The recent samples the collectors hold for ``device_ids`` (None when none does)."""
+        import asyncio
+
+        if time.monotonic() >= self._refresh_at:
+            await self._discover()
+        by_owner: dict[Any, list[str]] = {}
+        for device in set(device_ids):
+            if device in self._owner:
+                by_owner.setdefault(self._owner[device], []).append(device)
+        if not by_owner:
+            return None
+        try:
+            frames = await asyncio.wait_for(
+                asyncio.gather(*[h.recent_frames.remote(ds) for h, ds in by_owner.items()]), self.timeout_s)
+        except Exception as exc:  # a stopped or restarting collector: use the store this time
+            log.info("collectors unavailable (%s): reading live windows from the store", exc)
+            self._refresh_at = 0.0
+            return None
+        frames = [f for f in frames if not f.empty]
+        return pd.concat(frames, ignore_index=True) if frames else None
+
+    async def _discover(self) -> None:
+        import asyncio
+
+        import ray
+
+        self._refresh_at = time.monotonic() + self.refresh_s
+        owner: dict[str, Any] = {}
+        try:
+            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                     if a["namespace"] == NAMESPACE and a["name"].startswith(COLLECTOR_PREFIX)]
+            handles = [ray.get_actor(n, namespace=NAMESPACE) for n in names]
+            devices = await asyncio.wait_for(asyncio.gather(*[h.device_ids.remote() for h in handles]),
+                                             self.timeout_s)
+            for handle, ids in zip(handles, devices, strict=True):
+                owner.update(dict.fromkeys(ids, handle))
+        except Exception as exc:
+            log.info("could not list the pipeline's collectors: %s", exc)
+        self._owner = owner

@@ -10,14 +10,15 @@ says so.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from actors.collector import COLLECTOR_CPUS, CollectorActor, route
+from actors.collector import COLLECTOR_CPUS, COLLECTOR_PREFIX, CollectorActor, route
 from actors.features import FEATURE_ACTOR_CPUS, FeatureActor, split_by_device
-from actors.monitor import get_monitor
+from actors.monitor import NAMESPACE, get_monitor
 from eyenet.config import EyeNetConfig
 from eyenet.errors import PipelineError
 from eyenet.registry import DEFAULT_MODEL_NAME, ModelRegistry
@@ -123,9 +124,12 @@ def start_pipeline(config: EyeNetConfig, source_kind: str, source_options: dict[
             feature_actors = [remote.remote(config.to_dict(), model_name, production.version, monitor)
                               for _ in range(config.streaming.feature_actors)]
     groups = device_groups(devices, config.streaming.devices_per_actor)
-    remote = ray.remote(CollectorActor).options(num_cpus=COLLECTOR_CPUS, max_restarts=ACTOR_RESTARTS,
-                                                max_task_retries=TASK_RETRIES)
-    collectors = [remote.remote(config.to_dict(), source_kind, source_options, group, f"{source_kind}-{i}",
-                                feature_actors, start_ms)
+    remote = ray.remote(CollectorActor)
+    run = uuid.uuid4().hex[:8]  # two pipelines at once must not clash on actor names
+    collectors = [remote.options(num_cpus=COLLECTOR_CPUS, max_restarts=ACTOR_RESTARTS,
+                                 max_task_retries=TASK_RETRIES, namespace=NAMESPACE,
+                                 name=f"{COLLECTOR_PREFIX}{source_kind}-{i}-{run}")
+                  .remote(config.to_dict(), source_kind, source_options, group, f"{source_kind}-{i}",
+                          feature_actors, start_ms)
                   for i, group in enumerate(groups)]
     return Pipeline(config, collectors, groups, feature_actors, monitor, score)

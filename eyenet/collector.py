@@ -82,7 +82,8 @@ class Collector:
         self._backoff: dict[str, _Backoff] = {}
         self._source_backoff = _Backoff()
         self.last_sample_ms: dict[str, int] = {}
-        rows = config.streaming.buffer_samples or config.detector.window_steps + 2
+        # enough for /v1/predict's window (window + 1 + smoothing), so it can read it here
+        rows = config.streaming.buffer_samples or config.detector.window_steps + 1 + config.detector.smoothing
         self.recent: dict[str, deque[tuple[int, np.ndarray]]] = {
             d: deque(maxlen=rows) for d in self.device_ids}
         if start_ms is None:
@@ -238,10 +239,15 @@ class Collector:
         """The device's most recent accepted samples (its live window), oldest first."""
         if device_id not in self.recent:
             raise EyeNetError(f"device {device_id!r} is not collected by {self.name}")
-        rows = list(self.recent[device_id])
-        frame = pd.DataFrame([r for _, r in rows], columns=self.config.metrics)
-        frame.insert(0, TIMESTAMP, from_ms([t for t, _ in rows]))
-        frame.insert(0, DEVICE, device_id)
+        return self.recent_frames([device_id])
+
+    def recent_frames(self, device_ids: list[str]) -> pd.DataFrame:
+        """Recent samples of those of ``device_ids`` this collector has, by device then time."""
+        rows = [(d, t, v) for d in sorted(set(device_ids) & self.recent.keys()) for t, v in self.recent[d]]
+        values = np.array([v for _, _, v in rows]).reshape(len(rows), len(self.config.metrics))
+        frame = pd.DataFrame(values, columns=self.config.metrics)
+        frame.insert(0, TIMESTAMP, from_ms([t for _, t, _ in rows]))
+        frame.insert(0, DEVICE, [d for d, _, _ in rows])
         return frame
 
     def stats(self) -> dict[str, Any]:

@@ -113,6 +113,9 @@ class ServeConfig(_Section):
     model_poll_s: float = Field(
         5.0, gt=0, description="how often detector replicas check the registry for a new "
                                "production version (they switch in place)")
+    ingress_max_ongoing_requests: int = Field(
+        256, ge=1, description="requests one ingress replica holds at once; Serve's default "
+                               "of 5 would cap the detector's batches at 5 requests")
 
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ which the API turns into a 4xx.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from eyenet.detector import Detector
 from eyenet.errors import RequestError
+from eyenet.store import Store
 from eyenet.telemetry import DEVICE, TIMESTAMP, parse_timestamps, to_ms
 
 MAX_WINDOWS_PER_REQUEST = 1000
@@ -128,6 +130,66 @@ class WindowChecker:
         return ms
 
 
+class LiveWindows:
+    """The windows ``/v1/predict`` scores: each device's newest ``window_steps + 1 +
+    smoothing`` stored samples (the smoothed score live scoring gives), read for a whole
+    batch of devices in one store call. A device without samples is refused with 404, one
+    with fewer than ``window_steps + 1`` with 409."""
+
+    def __init__(self, store: Store, detector: Detector) -> None:
+        self.store, self.metrics = store, list(detector.metrics)
+        self.min_rows = detector.config.window_steps + 1
+        self.rows = self.min_rows + detector.config.smoothing
+
+    def read(self, device_ids: Sequence[str],
+             recent: pd.DataFrame | None = None) -> tuple[CheckedWindows, dict[str, RequestError]]:
+        """``recent``: samples the collectors hold (by device, then time); a device with a
+        whole window there is not read from the store."""
+        held: set[str] = set()
+        if recent is not None and not recent.empty:
+            counts = recent[DEVICE].value_counts()
+            held = set(counts.index[counts >= self.rows])
+        if not held:
+            frame = self.store.last_samples(device_ids, self.rows)
+        else:
+            parts = [recent[recent[DEVICE].isin(held)].groupby(DEVICE, sort=True).tail(self.rows)]
+            missing = [d for d in device_ids if d not in held]
+            if missing:
+                parts.append(self.store.last_samples(missing, self.rows))
+            frame = pd.concat(parts, ignore_index=True).sort_values([DEVICE, TIMESTAMP], kind="stable")
+        devices = frame[DEVICE].to_numpy()
+        names, starts, counts = np.unique(devices, return_index=True, return_counts=True)
+        refused = {d: RequestError(f"unknown device {d!r}: no samples", "device_id", status=404)
+                   for d in set(device_ids) - set(names)}
+        keep = []
+        for name, start, count in zip(names, starts, counts, strict=True):
+            if count < self.min_rows:
+                refused[name] = RequestError(f"device {name!r} has {count} recent samples; scoring needs "
+                                             f"{self.min_rows}", "device_id", status=409)
+            else:
+                keep.append((str(name), start, count))
+        rows = np.concatenate([np.arange(a, a + n) for _, a, n in keep]) if keep else np.empty(0, np.int64)
+        window = frame.iloc[rows][[DEVICE, TIMESTAMP, *self.metrics]].reset_index(drop=True)
+        return CheckedWindows(window, [k[0] for k in keep], [int(k[2]) for k in keep]), refused
+
+
+@dataclass
+class BatchScores:
+    predictions: list[dict[str, Any]]   # one per window, in window order
+    newest_features: np.ndarray         # (windows, features): each window's newest feature row
+
+
+def predict_devices(service: InferenceService, windows: LiveWindows, device_ids: Sequence[str],
+                    recent: pd.DataFrame | None = None) -> tuple[list[dict[str, Any] | RequestError],
+                                                                  BatchScores]:
+    """One prediction per device (its live window) or the reason it cannot be scored, and
+    the scores of the windows that were read."""
+    checked, refused = windows.read(device_ids, recent)
+    batch = service.score_batch(checked)
+    scored = dict(zip(checked.names, batch.predictions, strict=True))
+    return [refused.get(d) or scored[d] for d in device_ids], batch
+
+
 class InferenceService:
     """A loaded production detector and the request rules around it."""
 
@@ -140,8 +202,12 @@ class InferenceService:
 
     def score_checked(self, checked: CheckedWindows) -> list[dict[str, Any]]:
         """One prediction per window (its newest row), all windows in one forward pass."""
+        return self.score_batch(checked).predictions
+
+    def score_batch(self, checked: CheckedWindows) -> BatchScores:
+        """:meth:`score_checked` plus each window's newest feature row (for drift)."""
         if not checked.names:
-            return []
+            return BatchScores([], np.empty((0, len(self.detector.feature_names)), np.float32))
         # each window is its own series (a key per window, sorting in window order), all
         # scored in one call; the newest row of window i is then row cumsum(lengths)[i] - 1
         keys = np.array([f"{i:09d}\x1f{name}" for i, name in enumerate(checked.names)], dtype=object)
@@ -152,12 +218,13 @@ class InferenceService:
         if not np.array_equal(rows.features.device_ids[last], keys):
             raise RequestError("a window's rows are not in time order", "windows")
         stamps = pd.to_datetime(rows.features.timestamps_ms[last], unit="ms", utc=True)
-        return [{"device_id": name, "is_anomaly": bool(flag), "anomaly_score": float(score),
-                 "threshold": float(threshold), "model_version": self.model_version,
-                 "timestamp": stamp.isoformat(), "top_features": top}
-                for name, flag, score, threshold, stamp, top in zip(
-                    checked.names, rows.is_anomaly[last], rows.score[last], rows.threshold[last], stamps,
-                    rows.top_features(last), strict=True)]
+        return BatchScores([{"device_id": name, "is_anomaly": bool(flag), "anomaly_score": float(score),
+                             "threshold": float(threshold), "model_version": self.model_version,
+                             "timestamp": stamp.isoformat(), "top_features": top}
+                            for name, flag, score, threshold, stamp, top in zip(
+                                checked.names, rows.is_anomaly[last], rows.score[last], rows.threshold[last],
+                                stamps, rows.top_features(last), strict=True)],
+                           rows.features.values[last])
 
     def score_frames(self, frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
         """Score telemetry frames (one window each) as :meth:`score_checked` does."""

@@ -5,6 +5,8 @@ two load processes) for ``seconds`` each, after a short warm-up:
 
 * ``bare``: the same FastAPI app and model in one uvicorn process, no Ray (the ceiling);
 * ``noop``: a Ray Serve deployment that returns ``{}`` (Serve's own floor here);
+* ``noop_chain``: a FastAPI ingress that awaits a second no-op deployment by handle, the
+  shape of EyeNet's app (ingress -> batched detector) with no work: the floor of that hop;
 * ``predict``: EyeNet's ``/v1/predict`` on Serve (store read + batched detector);
 * ``score``: ``/v1/score`` with ``windows_per_request`` windows per request, reported as
   windows/s beside the model's own batched forward speed in-process (one thread).
@@ -25,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from fastapi import FastAPI
+from ray import serve
 
 from eyenet.config import EyeNetConfig
 
@@ -90,6 +94,24 @@ def _load(url: str, body: dict | None, clients: int, seconds: float,
             "requests": len(ms), "errors": errors}
 
 
+class _NoopInner:
+    async def ping(self) -> dict:
+        return {}
+
+
+_chain_app = FastAPI()
+
+
+@serve.ingress(_chain_app)
+class _NoopChain:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    @_chain_app.get("/noop")
+    async def noop(self) -> dict:
+        return await self.inner.ping.remote()
+
+
 def _bench_setup(tmp: Path) -> tuple[EyeNetConfig, Any, pd.DataFrame]:
     """A trained, promoted detector and 30 minutes of stored telemetry for one device."""
     from eyenet.detector import Detector
@@ -121,8 +143,6 @@ def _score_body(frame: pd.DataFrame, metrics: list[str], rows: int, windows: int
 def run_serve_bench(clients: int = 16, seconds: float = 15.0,
                     windows_per_request: int = 100) -> dict[str, Any]:
     import uvicorn
-    from fastapi import FastAPI
-    from ray import serve
 
     from eyenet.inference import InferenceService
     from eyenet.store import open_store
@@ -165,10 +185,20 @@ def run_serve_bench(clients: int = 16, seconds: float = 15.0,
     def noop() -> dict:
         return {}
 
-    serve.run(serve.deployment(serve.ingress(noop_app)(type("Noop", (), {})), name="Noop").bind(),
+    # the same concurrency limit as EyeNet's ingress, so only the work per request differs
+    serve.run(serve.deployment(serve.ingress(noop_app)(type("Noop", (), {})), name="Noop",
+                               max_ongoing_requests=config.serve.ingress_max_ongoing_requests).bind(),
               name="noop", route_prefix="/noop-app")
     result["noop"] = _load(f"http://127.0.0.1:{port}/noop-app/noop", None, clients, seconds)
     serve.delete("noop")
+    # the floor of EyeNet's shape: a FastAPI ingress calling a second deployment by handle
+    inner = serve.deployment(_NoopInner, name="NoopInner",
+                             max_ongoing_requests=4 * config.serve.max_batch_size)
+    serve.run(serve.deployment(_NoopChain, name="NoopChain",
+                               max_ongoing_requests=config.serve.ingress_max_ongoing_requests).bind(inner.bind()),
+              name="noop-chain", route_prefix="/noop-chain")
+    result["noop_chain"] = _load(f"http://127.0.0.1:{port}/noop-chain/noop", None, clients, seconds)
+    serve.delete("noop-chain")
 
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     base = f"http://127.0.0.1:{port}"
@@ -188,6 +218,8 @@ def run_serve_bench(clients: int = 16, seconds: float = 15.0,
     result["model_windows_per_s_in_process"] = round(len(request.windows) / elapsed, 1)
     result["predict_vs_noop"] = round(result["predict"]["requests_per_s"]
                                       / result["noop"]["requests_per_s"], 2)
+    result["predict_vs_noop_chain"] = round(result["predict"]["requests_per_s"]
+                                            / result["noop_chain"]["requests_per_s"], 2)
     result["predict_vs_bare"] = round(result["predict"]["requests_per_s"]
                                       / result["bare_predict"]["requests_per_s"], 2)
     return result

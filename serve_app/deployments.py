@@ -5,8 +5,12 @@ forward pass before taking traffic, batch concurrent scoring calls (``@serve.bat
 ``serve.max_batch_size`` windows' requests, waiting at most ``serve.batch_wait_timeout_s``)
 and switch model in place on ``reconfigure({"model_version": N})``. ``check_health``
 fails when the store is unreachable or no production model exists, so Serve replaces
-the replica. The ingress serves :func:`serve_app.api.create_app` and forwards scoring to
-the detector deployment through its handle.
+the replica. ``/v1/predict`` reads each device's live window in the replica, for a whole
+batch at once: from the pipeline's collectors when it runs (their recent-sample buffers),
+else in one store read. The ingress serves :func:`serve_app.api.create_app` and forwards
+scoring to the detector deployment through its handle; it holds up to
+``serve.ingress_max_ongoing_requests`` requests, since Serve's default of 5 would cap
+every detector batch at 5.
 """
 
 from __future__ import annotations
@@ -16,14 +20,22 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from ray import serve
 
+from actors.collector import LiveCollectors
 from actors.features import load_production
 from eyenet.config import EyeNetConfig
-from eyenet.errors import EyeNetError
-from eyenet.inference import CheckedWindows, InferenceService, ScoreRequest, WindowChecker
+from eyenet.errors import EyeNetError, RequestError
+from eyenet.inference import (
+    BatchScores,
+    CheckedWindows,
+    InferenceService,
+    LiveWindows,
+    ScoreRequest,
+    WindowChecker,
+    predict_devices,
+)
 from eyenet.live import anomaly_points, batch_summary
 from eyenet.registry import ModelRegistry
 from eyenet.store import open_store
@@ -46,6 +58,7 @@ class DetectorReplica:
         self.pinned: int | None = None
         self._monitor_handle: Any = None
         self._monitor_retry_at = 0.0
+        self.collectors = LiveCollectors()
         self._load(None)
         self._stop = threading.Event()
         threading.Thread(target=self._follow_production, name="model-follower", daemon=True).start()
@@ -72,7 +85,7 @@ class DetectorReplica:
                                                         tz="UTC"),
                              **{m: 0.0 for m in detector.metrics}})
         service.score_frames([warm])  # the first forward pass is slow; pay it before traffic
-        self.service = service
+        self.service, self.windows = service, LiveWindows(self.store, detector)
         log.info("detector replica serves model version %s", version)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -96,31 +109,43 @@ class DetectorReplica:
                                   [n for r in requests for n in r.lengths])
         started = time.perf_counter()
         service = self.service  # a model switch mid-batch does not mix versions
-        scored = service.score_checked(combined)
-        self._tell_monitor(service, combined, scored, (time.perf_counter() - started) * 1000.0)
+        batch = service.score_batch(combined)
+        self._tell_monitor(service, batch, (time.perf_counter() - started) * 1000.0)
         out, start = [], 0
         for request in requests:
-            out.append(scored[start:start + len(request.names)])
+            out.append(batch.predictions[start:start + len(request.names)])
             start += len(request.names)
         return out
 
-    def _tell_monitor(self, service: InferenceService, checked: CheckedWindows,
-                      scored: list[dict[str, Any]], latency_ms: float) -> None:
+    @serve.batch
+    async def _predict_batch(self, device_ids: list[str]) -> list[dict[str, Any]]:
+        """Live windows of the whole batch (from the collectors when the pipeline runs,
+        else in one store read), scored in one pass."""
+        started = time.perf_counter()
+        service, windows = self.service, self.windows
+        recent = await self.collectors.recent(device_ids)
+        results, batch = predict_devices(service, windows, device_ids, recent)
+        self._tell_monitor(service, batch, (time.perf_counter() - started) * 1000.0)
+        # a refusal travels as data: the ingress turns it back into its 4xx
+        return [{"refused": {"message": str(r), "field": r.field, "status": r.status}}
+                if isinstance(r, RequestError) else r for r in results]
+
+    def _tell_monitor(self, service: InferenceService, batch: BatchScores, latency_ms: float) -> None:
         """Latency, anomalies and drift counts of this batch to the monitor, fire-and-forget:
         the request path never waits for (or fails because of) the monitor."""
         monitor = self._monitor()
-        if monitor is None:
+        if monitor is None or not batch.predictions:
             return
         try:
             detector = service.detector
-            newest = detector.features(checked.frame.iloc[np.cumsum(checked.lengths) - 1])
-            flagged = [p for p in scored if p["is_anomaly"]]
+            flagged = [p for p in batch.predictions if p["is_anomaly"]]
             anomalies = anomaly_points(detector, [p["device_id"] for p in flagged],
                                        [pd.Timestamp(p["timestamp"]).value // 1_000_000 for p in flagged],
                                        [p["anomaly_score"] for p in flagged],
                                        [p["top_features"] for p in flagged])
-            monitor.record.remote(batch_summary(detector, checked.names, anomalies, newest.values, latency_ms,
-                                                len(scored), service.model_version, time.time()))
+            monitor.record.remote(batch_summary(detector, [p["device_id"] for p in batch.predictions],
+                                                anomalies, batch.newest_features, latency_ms,
+                                                len(batch.predictions), service.model_version, time.time()))
         except Exception as exc:  # monitoring is best effort; scoring already succeeded
             self._monitor_handle = None
             log.warning("could not report to the monitor: %s", exc)
@@ -137,6 +162,9 @@ class DetectorReplica:
     async def score(self, checked: CheckedWindows) -> list[dict[str, Any]]:
         return await self._score_batch(checked)
 
+    async def predict(self, device_id: str) -> dict[str, Any]:
+        return await self._predict_batch(device_id)
+
     def model_version(self) -> int | None:
         return self.service.model_version
 
@@ -152,7 +180,11 @@ class IngressBackend(StoreViews):
         self.checker = WindowChecker(config.metrics, min_rows, config.sample_interval_s)
 
     async def predict(self, device_id: str) -> dict[str, Any]:
-        return (await self.detector.score.remote(self.live_window(device_id)))[0]
+        result = await self.detector.predict.remote(device_id)
+        if "refused" in result:
+            refused = result["refused"]
+            raise RequestError(refused["message"], refused["field"], status=refused["status"])
+        return result
 
     async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
         return await self.detector.score.remote(self.checker.check(request))
@@ -195,7 +227,11 @@ def build_app(config: EyeNetConfig) -> Any:
         ray_actor_options={"num_cpus": 0.5}, health_check_period_s=10)
     DetectorReplica._score_batch.set_max_batch_size(opts.max_batch_size)
     DetectorReplica._score_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
-    ingress = serve.deployment(Ingress, name="Ingress", ray_actor_options={"num_cpus": 0.1})
+    DetectorReplica._predict_batch.set_max_batch_size(opts.max_batch_size)
+    DetectorReplica._predict_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+    ingress = serve.deployment(Ingress, name="Ingress",
+                               max_ongoing_requests=opts.ingress_max_ongoing_requests,
+                               ray_actor_options={"num_cpus": 0.1})
     return ingress.bind(detector.bind(config.to_dict()), config.to_dict())
 
 

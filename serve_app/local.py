@@ -12,10 +12,9 @@ from typing import Any
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError, EyeNetError, RequestError
-from eyenet.inference import CheckedWindows, InferenceService, ScoreRequest
+from eyenet.inference import InferenceService, LiveWindows, ScoreRequest, predict_devices
 from eyenet.registry import DEFAULT_MODEL_NAME, ModelRegistry
 from eyenet.store import Store
-from eyenet.telemetry import DEVICE, TIMESTAMP
 from serve_app.api import jsonable
 
 ANOMALY_KINDS = ("anomaly",)
@@ -74,30 +73,18 @@ class StoreViews:
     def rollback(self) -> dict[str, Any]:
         return jsonable(self.registry.rollback(self.model_name).to_dict())
 
-    def live_window(self, device_id: str) -> CheckedWindows:
-        """The device's newest ``window_steps + smoothing`` stored samples (the smoothed score
-        live scoring gives), checked: 404 for an unknown device, 409 for too few samples."""
-        detector = self.config.detector
-        min_rows, rows = detector.window_steps + 1, detector.window_steps + 1 + detector.smoothing
-        frame = self.store.last_window(device_id, window_s=rows * self.config.sample_interval_s)
-        window = frame.tail(rows).reset_index(drop=True)
-        if window.empty:
-            raise RequestError(f"unknown device {device_id!r}: no samples", "device_id", status=404)
-        if len(window) < min_rows:
-            raise RequestError(f"device {device_id!r} has {len(window)} recent samples; scoring needs "
-                               f"{min_rows}", "device_id", status=409)
-        window = window[[DEVICE, TIMESTAMP, *self.config.metrics]]
-        return CheckedWindows(window, [device_id], [len(window)])
-
-
 class LocalBackend(StoreViews):
     def __init__(self, config: EyeNetConfig, store: Store, service: InferenceService,
                  model_name: str = DEFAULT_MODEL_NAME) -> None:
         super().__init__(config, store, model_name)
         self.service = service
+        self.windows = LiveWindows(store, service.detector)
 
     async def predict(self, device_id: str) -> dict[str, Any]:
-        return self.service.score_checked(self.live_window(device_id))[0]
+        (result,), _ = predict_devices(self.service, self.windows, [device_id])
+        if isinstance(result, RequestError):
+            raise result
+        return result
 
     async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
         return self.service.score(request)

@@ -187,6 +187,11 @@ class Store(ABC):
         newest sample. Sorted by time; empty if the device has none."""
 
     @abstractmethod
+    def last_samples(self, device_ids: Sequence[str], rows: int) -> pd.DataFrame:
+        """The newest ``rows`` samples of each device (all it has when fewer) in one read,
+        ordered by device then time; devices without samples are absent."""
+
+    @abstractmethod
     def iter_range(self, start: Any = None, end: Any = None,
                    device_ids: Sequence[str] | None = None,
                    chunk_rows: int = 100_000) -> Iterator[pd.DataFrame]:

@@ -32,7 +32,7 @@ from pymongo.errors import (
     PyMongoError,
 )
 
-from eyenet.errors import StoreConnectionError, StoreError
+from eyenet.errors import StoreConnectionError, StoreError, TelemetryError
 from eyenet.store.base import (
     RESERVED_COLUMNS,
     DeviceInfo,
@@ -154,6 +154,17 @@ class MongoStore(Store):
             docs = list(self.metrics_c.find(
                 {DEVICE: device_id, TIMESTAMP: {"$gt": start, "$lte": _from_ms(end_ms)}},
                 sort=[(TIMESTAMP, ASCENDING)]))
+        return self._frame(docs)
+
+    def last_samples(self, device_ids: Sequence[str], rows: int) -> pd.DataFrame:
+        if not int(rows) >= 1:
+            raise TelemetryError(f"rows must be >= 1, got {rows!r}")
+        docs: list[dict[str, Any]] = []
+        with self._errors("read last samples"):
+            for device in sorted(set(map(str, device_ids))):  # each an indexed, limited read
+                newest = self.metrics_c.find({DEVICE: device}, sort=[(TIMESTAMP, DESCENDING)],
+                                             limit=int(rows))
+                docs += reversed(list(newest))
         return self._frame(docs)
 
     def iter_range(self, start: Any = None, end: Any = None,

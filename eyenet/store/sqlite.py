@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS registry_state (
 CREATE TABLE IF NOT EXISTS component_state (key TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
 FIXED_COLUMNS = ("device_id", "ts_ms", "label")
+LAST_SAMPLES_CHUNK = 200  # devices per statement (SQLite allows 500 compound terms)
 CACHE_KIB = 128 * 1024
 WAL_CHECKPOINT_PAGES = 20_000  # about 80 MB of WAL between checkpoints
 
@@ -231,6 +232,22 @@ class SQLiteStore(Store):
             f"SELECT {select} FROM network_metrics WHERE device_id = ? AND ts_ms > ? "
             "AND ts_ms <= ? ORDER BY ts_ms", (device_id, end_ms - int(window_s * 1000), end_ms))
         return self._frame(rows, cols)
+
+    def last_samples(self, device_ids: Sequence[str], rows: int) -> pd.DataFrame:
+        if not int(rows) >= 1:
+            raise TelemetryError(f"rows must be >= 1, got {rows!r}")
+        select, cols = self._select()
+        ids = sorted(set(map(str, device_ids)))
+        found: list[tuple[Any, ...]] = []
+        # one statement per chunk: each device's newest rows through its (device, time) index
+        for i in range(0, len(ids), LAST_SAMPLES_CHUNK):
+            chunk = ids[i:i + LAST_SAMPLES_CHUNK]
+            sql = " UNION ALL ".join(
+                f"SELECT * FROM (SELECT {select} FROM network_metrics WHERE device_id = ? "
+                "ORDER BY ts_ms DESC LIMIT ?)" for _ in chunk)
+            found += self._read(sql, [p for d in chunk for p in (d, int(rows))])
+        found.sort(key=lambda r: (r[0], r[1]))  # (device_id, ts_ms)
+        return self._frame(found, cols)
 
     def iter_range(self, start: Any = None, end: Any = None,
                    device_ids: Sequence[str] | None = None,

@@ -8,6 +8,7 @@ is on a condition with a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import shutil
 import time
@@ -17,12 +18,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from actors.collector import LiveCollectors
 from eyenet.config import EyeNetConfig
 from eyenet.detector import Detector
 from eyenet.registry import ModelRegistry
 from eyenet.simulate import Incident, SimulatedSource
 from eyenet.store import open_store
-from eyenet.telemetry import TIMESTAMP, TelemetryValidator, to_ms
+from eyenet.telemetry import DEVICE, TIMESTAMP, TelemetryValidator, to_ms
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -116,6 +118,11 @@ def test_killed_collector_restarts_and_stores_exactly_the_generated_samples(tmp_
     # the restarted actor answers again and moves on past the kill
     wait_for(lambda: caught_up(pipeline, now_ms + 3000), what="every collector to catch up after the kill")
     assert ray.get(victim.stats.remote())["pid"] != before["pid"], "Ray restarted the collector"
+    # Serve's replicas find the running collectors by name and read live windows from them
+    recent = asyncio.run(LiveCollectors().recent(["dev-0001", "nobody"]))
+    assert set(recent[DEVICE]) == {"dev-0001"}
+    assert len(recent) == config.detector.window_steps + 1 + config.detector.smoothing
+    assert recent[TIMESTAMP].is_monotonic_increasing
     pipeline.stop()
 
     store = open_store(config.store_uri)

@@ -4,6 +4,7 @@ bad input gets a 4xx naming the field, auth refuses missing or wrong keys."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,8 @@ from fastapi.testclient import TestClient
 
 from eyenet.config import EyeNetConfig
 from eyenet.detector import Detector
-from eyenet.inference import InferenceService
+from eyenet.errors import EyeNetError, RequestError, StoreConnectionError
+from eyenet.inference import InferenceService, predict_devices
 from eyenet.registry import ModelRegistry
 from eyenet.store import Event, open_store
 from serve_app.api import create_app
@@ -86,6 +88,22 @@ def test_predict_scores_the_stored_live_window(setup, detector):
     assert pd.Timestamp(got["timestamp"]) == live["timestamp"].iloc[-1]
 
 
+def test_live_windows_come_from_the_collectors_when_they_hold_them(setup, detector):
+    """A device whose whole window the collectors hold is scored from it (even one the
+    store has never seen); the others from the store; a short buffer falls back to it."""
+    _, _, backend, live = setup
+    rows = backend.windows.rows
+    held = telemetry(rows, start_s=7000, seed=9, devices=("only-live",))
+    short = live.tail(5)[["device_id", "timestamp", *METRICS]]  # r1: too few held
+    results, _ = predict_devices(backend.service, backend.windows, ["only-live", "r1", "ghost"],
+                                 pd.concat([held, short], ignore_index=True))
+    assert results[0]["anomaly_score"] == pytest.approx(detector.score(held).iloc[-1]["score"], abs=1e-6)
+    stored = detector.score(live.tail(rows)).iloc[-1]
+    assert results[1]["anomaly_score"] == pytest.approx(stored["score"], abs=1e-6)
+    assert pd.Timestamp(results[1]["timestamp"]) == live["timestamp"].iloc[-1]
+    assert isinstance(results[2], RequestError) and results[2].status == 404
+
+
 def test_read_endpoints(setup):
     _, _, backend, _ = setup
     c = client(backend)
@@ -151,6 +169,10 @@ def test_malformed_json_unknown_device_and_oversized_body(setup):
     assert c.post("/v1/predict", json={}).json()["field"] == "device_id"
     big = c.post("/v1/score", content=b"x" * 4096, headers={"content-type": "application/json"})
     assert big.status_code == 413
+    # a chunked body has no Content-Length: it is counted as it arrives
+    streamed = c.post("/v1/score", content=iter([b"x" * 1024] * 4),
+                      headers={"content-type": "application/json"})
+    assert streamed.status_code == 413 and streamed.json()["field"] == "body"
     assert c.get("/v1/anomalies", params={"limit": 0}).json()["field"] == "limit"
 
 
@@ -217,3 +239,30 @@ def test_eyenet_serve_refuses_without_a_production_model(tmp_path, capsys):
     code = main(["serve", "--store", f"sqlite:///{tmp_path}/e.db", "--artifact-root", str(tmp_path / "a"),
                  "--port", "8123"])
     assert code == 1 and "no production model" in capsys.readouterr().err
+
+
+def test_a_detector_replica_is_unhealthy_without_its_store_or_a_production_model(tmp_path, detector):
+    """Serve replaces a replica whose check_health raises: with no production model (unless
+    the replica is pinned to a version) and with the store unreachable."""
+    from serve_app.deployments import DetectorReplica
+
+    cfg, store, mv, _ = promoted_store(tmp_path, detector, serve={"model_poll_s": 3600})
+    replica = DetectorReplica(cfg.to_dict())  # a plain object here: no Ray needed
+    try:
+        replica.check_health()
+        state, rev = store.get_registry_state(mv.name)
+        assert store.compare_and_set_registry_state(mv.name, rev, {**state, "production": None})
+        with pytest.raises(EyeNetError, match="no production model"):
+            replica.check_health()
+        replica.reconfigure({"model_version": mv.version})  # pinned: it has its model
+        replica.check_health()
+        store.close()
+        replica.store.close()
+        path = Path(cfg.store_uri.removeprefix("sqlite:///"))
+        for leftover in path.parent.glob(path.name + "*"):
+            leftover.unlink()
+        path.mkdir()  # the database file is now something SQLite cannot open
+        with pytest.raises(StoreConnectionError):
+            replica.check_health()
+    finally:
+        replica._stop.set()

@@ -188,7 +188,11 @@ def test_recent_window_survives_a_restart(cfg, store):
         pass
     again = Collector(cfg, source, store, ["d1"], "c", start_ms=T0_MS, now_s=clock)
     window = again.recent_frame("d1")
-    assert len(window) == cfg.detector.window_steps + 2
+    # /v1/predict's window, or all there is
+    predict_rows = cfg.detector.window_steps + 1 + cfg.detector.smoothing
+    assert len(window) == min(store.count_samples("d1"), predict_rows)
+    both = again.recent_frames(["zz", "d1"])
+    assert both.equals(window), "only the devices it collects, as recent_frame gives them"
     assert window["timestamp"].iloc[-1] == pd.Timestamp(T0_MS + 50_000, unit="ms", tz="UTC")
     with pytest.raises(Exception, match="not collected"):
         again.recent_frame("zz")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet.errors import TelemetryError
+from eyenet.errors import EyeNetError, TelemetryError
 from eyenet.store import Event
 from tests import helpers
 from tests.helpers import METRICS, samples
@@ -67,6 +67,19 @@ def test_last_window_is_the_newest_window_of_one_device(store):
     assert len(ended) == 10
     assert ended["timestamp"].iloc[-1] == pd.Timestamp(T0 + 100, unit="s", tz="UTC")
     assert store.last_window("nobody").empty
+
+
+def test_last_samples_are_each_devices_newest_rows_in_one_read(store):
+    store.write_samples(samples(["a", "b"], T0, 50))
+    store.write_samples(samples(["c"], T0 + 1000, 3))
+    got = store.last_samples(["c", "a", "nobody", "a", "b"], rows=10)
+    assert list(got["device_id"]) == ["a"] * 10 + ["b"] * 10 + ["c"] * 3
+    a = got[got["device_id"] == "a"]["timestamp"]
+    assert a.is_monotonic_increasing and a.iloc[-1] == pd.Timestamp(T0 + 49, unit="s", tz="UTC")
+    assert a.iloc[0] == pd.Timestamp(T0 + 40, unit="s", tz="UTC")
+    assert store.last_samples(["nobody"], rows=5).empty
+    with pytest.raises(EyeNetError, match="rows"):
+        store.last_samples(["a"], rows=0)
 
 
 def test_read_range_filters_by_time_and_device_in_chunks(store):
