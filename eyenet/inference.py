@@ -13,6 +13,7 @@ which the API turns into a 4xx.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -65,11 +66,34 @@ class Prediction(BaseModel):
 
 @dataclass
 class CheckedWindows:
-    """Checked windows as one telemetry frame (rows of window i follow window i-1)."""
+    """Checked windows as plain arrays, rows of window i after those of window i-1 (arrays
+    pickle cheaply between Serve replicas; the frame is built once per batch)."""
 
-    frame: pd.DataFrame
     names: list[str]        # each window's device_id
     lengths: list[int]      # rows per window
+    ts_ms: np.ndarray       # (rows,) int64, increasing within each window
+    values: np.ndarray      # (rows, metrics) float64, NaN where missing
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, names: list[str], lengths: list[int],
+                   metrics: list[str]) -> CheckedWindows:
+        return cls(list(names), [int(n) for n in lengths], to_ms(frame[TIMESTAMP]).to_numpy(np.int64),
+                   frame[metrics].to_numpy(np.float64))
+
+    @classmethod
+    def concat(cls, parts: list[CheckedWindows]) -> CheckedWindows:
+        if len(parts) == 1:
+            return parts[0]
+        return cls([n for p in parts for n in p.names], [n for p in parts for n in p.lengths],
+                   np.concatenate([p.ts_ms for p in parts]), np.vstack([p.values for p in parts]))
+
+    def frame(self, metrics: list[str], device_column: np.ndarray | None = None) -> pd.DataFrame:
+        """As a telemetry frame; ``device_column`` replaces the per-window device ids."""
+        frame = pd.DataFrame(self.values, columns=metrics)
+        frame.insert(0, TIMESTAMP, pd.to_datetime(self.ts_ms, unit="ms", utc=True))
+        devices = np.repeat(np.asarray(self.names, dtype=object), self.lengths)
+        frame.insert(0, DEVICE, devices if device_column is None else device_column)
+        return frame
 
 
 class WindowChecker:
@@ -87,10 +111,7 @@ class WindowChecker:
             stamps.append(ts)
             names.append(window.device_id)
             lengths.append(len(values))
-        frame = pd.DataFrame(np.vstack(arrays), columns=self.metrics)
-        frame.insert(0, TIMESTAMP, pd.to_datetime(np.concatenate(stamps), unit="ms", utc=True))
-        frame.insert(0, DEVICE, np.repeat(np.asarray(names, dtype=object), lengths))
-        return CheckedWindows(frame, names, lengths)
+        return CheckedWindows(names, lengths, np.concatenate(stamps), np.vstack(arrays))
 
     def _window(self, window: Window, field: str) -> tuple[np.ndarray, np.ndarray]:
         names = window.metrics or self.metrics
@@ -114,7 +135,7 @@ class WindowChecker:
 
     def _timestamps_ms(self, window: Window, n: int, field: str) -> np.ndarray:
         if window.timestamps is None:
-            end_ms = int(pd.Timestamp.now(tz="UTC").value // 1_000_000)
+            end_ms = int(time.time() * 1000)
             return end_ms - (np.arange(n)[::-1] * self.sample_interval_s * 1000).astype(np.int64)
         if len(window.timestamps) != n:
             raise RequestError(f"{field}.timestamps has {len(window.timestamps)} entries for {n} rows",
@@ -169,8 +190,9 @@ class LiveWindows:
             else:
                 keep.append((str(name), start, count))
         rows = np.concatenate([np.arange(a, a + n) for _, a, n in keep]) if keep else np.empty(0, np.int64)
-        window = frame.iloc[rows][[DEVICE, TIMESTAMP, *self.metrics]].reset_index(drop=True)
-        return CheckedWindows(window, [k[0] for k in keep], [int(k[2]) for k in keep]), refused
+        checked = CheckedWindows.from_frame(frame.iloc[rows], [k[0] for k in keep], [k[2] for k in keep],
+                                            self.metrics)
+        return checked, refused
 
 
 @dataclass
@@ -211,9 +233,8 @@ class InferenceService:
         # each window is its own series (a key per window, sorting in window order), all
         # scored in one call; the newest row of window i is then row cumsum(lengths)[i] - 1
         keys = np.array([f"{i:09d}\x1f{name}" for i, name in enumerate(checked.names)], dtype=object)
-        combined = checked.frame.copy()
-        combined[DEVICE] = np.repeat(keys, checked.lengths)
-        rows = self.detector.score_rows(combined)
+        frame = checked.frame(self.detector.metrics, np.repeat(keys, checked.lengths))
+        rows = self.detector.score_rows(frame)
         last = np.cumsum(checked.lengths) - 1
         if not np.array_equal(rows.features.device_ids[last], keys):
             raise RequestError("a window's rows are not in time order", "windows")
@@ -230,11 +251,10 @@ class InferenceService:
         """Score telemetry frames (one window each) as :meth:`score_checked` does."""
         if not frames:
             return []
-        columns = [DEVICE, TIMESTAMP, *self.detector.metrics]
         names = [str(f.iat[0, f.columns.get_loc(DEVICE)]) for f in frames]
-        combined = pd.concat([f if list(f.columns) == columns else f[columns] for f in frames],
-                             ignore_index=True)
-        return self.score_checked(CheckedWindows(combined, names, [len(f) for f in frames]))
+        combined = pd.concat(frames, ignore_index=True)
+        return self.score_checked(CheckedWindows.from_frame(combined, names, [len(f) for f in frames],
+                                                            self.detector.metrics))
 
     def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
         return self.score_checked(self.checker.check(request))

@@ -42,7 +42,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _clients(url: str, body: bytes | None, clients: int, warmup_s: float,
+async def _clients(url: str, bodies: list[bytes] | None, clients: int, warmup_s: float,
                    seconds: float) -> tuple[list[float], int]:
     import aiohttp
 
@@ -50,8 +50,9 @@ async def _clients(url: str, body: bytes | None, clients: int, warmup_s: float,
     errors = 0
     headers = {"content-type": "application/json"}
 
-    async def client(session: aiohttp.ClientSession, until: float, record: bool) -> None:
+    async def client(session: aiohttp.ClientSession, until: float, record: bool, i: int) -> None:
         nonlocal errors
+        body = bodies[i % len(bodies)] if bodies else None
         while time.perf_counter() < until:
             started = time.perf_counter()
             call = session.post(url, data=body, headers=headers) if body is not None else session.get(url)
@@ -65,27 +66,32 @@ async def _clients(url: str, body: bytes | None, clients: int, warmup_s: float,
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
         warm_until = time.perf_counter() + warmup_s
-        await asyncio.gather(*[client(session, warm_until, False) for _ in range(clients)])
+        await asyncio.gather(*[client(session, warm_until, False, i) for i in range(clients)])
         until = time.perf_counter() + seconds
-        await asyncio.gather(*[client(session, until, True) for _ in range(clients)])
+        await asyncio.gather(*[client(session, until, True, i) for i in range(clients)])
     return latencies, errors
 
 
-def _load_process(args: tuple[str, bytes | None, int, float, float]) -> tuple[list[float], int]:
+def _load_process(args: tuple[str, list[bytes] | None, int, float, float]) -> tuple[list[float], int]:
     return asyncio.run(_clients(*args))
 
 
-def _load(url: str, body: dict | None, clients: int, seconds: float,
+def _load(url: str, body: dict | list[dict] | None, clients: int, seconds: float,
           processes: int = LOAD_PROCESSES) -> dict[str, float]:
     """``clients`` keep-alive clients spread over ``processes`` load processes (aiohttp):
-    the load generator must not share one interpreter with the Ray driver."""
+    the load generator must not share one interpreter with the Ray driver. With a list of
+    bodies, client ``i`` of each process sends body ``i`` (cycling)."""
     import json
     import multiprocessing
 
-    payload = None if body is None else json.dumps(body).encode()
+    listed = body if isinstance(body, list) else [body]
+    bodies = None if body is None else [json.dumps(b).encode() for b in listed]
     per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        parts = pool.map(_load_process, [(url, payload, n, WARMUP_S, seconds) for n in per if n])
+        shares = [bodies[k::processes] if bodies and len(bodies) >= processes else bodies
+                  for k in range(processes)]
+        parts = pool.map(_load_process,
+                         [(url, shares[k], n, WARMUP_S, seconds) for k, n in enumerate(per) if n])
     ms = np.array([x for lat, _ in parts for x in lat]) * 1000
     errors = sum(e for _, e in parts)
     return {"requests_per_s": round(len(ms) / seconds, 1),
@@ -113,7 +119,7 @@ class _NoopChain:
 
 
 def _bench_setup(tmp: Path) -> tuple[EyeNetConfig, Any, pd.DataFrame]:
-    """A trained, promoted detector and 30 minutes of stored telemetry for one device."""
+    """A trained, promoted detector and 30 minutes of stored telemetry of 20 devices."""
     from eyenet.detector import Detector
     from eyenet.registry import ModelRegistry
     from eyenet.simulate import SimulatedSource
@@ -128,7 +134,7 @@ def _bench_setup(tmp: Path) -> tuple[EyeNetConfig, Any, pd.DataFrame]:
     history = TelemetryValidator(config).validate(raw)
     detector = Detector(config.detector, config.metrics, config.gap_s).fit(history.accepted)
     store = open_store(config.store_uri)
-    store.write_samples(history.accepted[history.accepted["device_id"] == "dev-0000"])
+    store.write_samples(history.accepted)
     registry = ModelRegistry(store, config.artifact_root)
     mv = registry.register(detector.save(tmp / "model"))
     registry.promote(mv.name, mv.version)
@@ -154,7 +160,8 @@ def run_serve_bench(clients: int = 16, seconds: float = 15.0,
     tmp = Path(tempfile.mkdtemp(prefix="eyenet-bench-serve-"))
     config, detector, frame = _bench_setup(tmp)
     rows = detector.config.window_steps + 1  # one forward window per request window
-    predict_body = {"device_id": "dev-0000"}  # predict scores window + smoothing rows
+    # each client asks for its own device (predict scores window + smoothing rows of it)
+    predict_body = [{"device_id": d} for d in sorted(frame["device_id"].unique())[:clients]]
     score_body = _score_body(frame, config.metrics, rows, windows_per_request)
     result: dict[str, Any] = {"clients": clients, "seconds": seconds,
                               "windows_per_request": windows_per_request}

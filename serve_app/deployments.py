@@ -104,9 +104,7 @@ class DetectorReplica:
 
     @serve.batch
     async def _score_batch(self, requests: list[CheckedWindows]) -> list[list[dict[str, Any]]]:
-        combined = CheckedWindows(pd.concat([r.frame for r in requests], ignore_index=True),
-                                  [n for r in requests for n in r.names],
-                                  [n for r in requests for n in r.lengths])
+        combined = CheckedWindows.concat(requests)
         started = time.perf_counter()
         service = self.service  # a model switch mid-batch does not mix versions
         batch = service.score_batch(combined)
