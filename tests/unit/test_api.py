@@ -4,6 +4,7 @@ bad input gets a 4xx naming the field, auth refuses missing or wrong keys."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -266,3 +267,21 @@ def test_a_detector_replica_is_unhealthy_without_its_store_or_a_production_model
             replica.check_health()
     finally:
         replica._stop.set()
+
+
+def test_the_api_key_never_appears_in_responses_or_logs(setup, caplog):
+    _, _, backend, _ = setup
+    c = client(backend, api_key=KEY)
+    caplog.set_level(logging.DEBUG)
+    wrong = KEY[::-1]
+    good, bad = {"Authorization": f"Bearer {KEY}"}, {"Authorization": f"Bearer {wrong}"}
+    answers = [c.post("/v1/predict", json={"device_id": "r1"}, headers=bad),
+               c.post("/v1/predict", json={"device_id": "r1"}, headers=good),
+               c.post("/v1/predict", json={"device_id": "nobody"}, headers=good),
+               c.post("/v1/score", content=b"{", headers=good),
+               c.get("/v1/models", headers={"Authorization": KEY}),
+               c.get("/v1/health")]
+    assert [a.status_code for a in answers] == [401, 200, 404, 400, 401, 200]
+    for secret in (KEY, wrong):
+        assert not any(secret in a.text for a in answers)
+        assert secret not in caplog.text
