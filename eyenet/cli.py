@@ -153,6 +153,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jobs.demo import run_demo
+
+    result = run_demo(_load(args), directory=args.dir, devices=args.devices, history_s=args.history_s,
+                      seconds=args.seconds, port=args.port, train_time_s=args.train_time_s)
+    return 0 if result["incident_devices_found"] else EXIT_ERROR
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from jobs.report import run_report
 
@@ -281,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default: the config's serve.port)")
     p.add_argument("--detach", action="store_true", help="leave the application running and exit")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", parents=[common],
+                       help="end to end on a local Ray: ingest, train, promote, serve, live "
+                            "incidents, report")
+    p.add_argument("--dir", default="eyenet-demo", help="where the demo's store and models go (recreated)")
+    p.add_argument("--devices", type=int, default=10, help="simulated devices (at least 9)")
+    p.add_argument("--history-s", type=float, default=3600.0, help="history to train on")
+    p.add_argument("--seconds", type=float, default=90.0, help="live phase (at least 75)")
+    p.add_argument("--train-time-s", type=float, default=60.0, help="training time budget")
+    p.add_argument("--port", type=int, help="HTTP port (default: the config's serve.port)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("report", parents=[common],
                        help="latency, drift, alerts and anomalies per device over a time range")
