@@ -74,3 +74,12 @@ def test_store_bench_measures_and_reports(capsys, tmp_path):
     assert result["bench"] == "store" and result["samples"] == 4000
     assert result["write_samples_per_s"] > 0 and result["bare_sqlite_write_samples_per_s"] > 0
     assert result["window_rows_median"] == 200
+
+
+@pytest.mark.parametrize("argv, named", [(["--devices", "3"], "--devices"),
+                                         (["--seconds", "30"], "--seconds")])
+def test_demo_refuses_a_size_that_cannot_show_the_incidents(tmp_path, capsys, argv, named):
+    """Checked before anything starts: nothing is created under --dir."""
+    assert main(["demo", "--dir", str(tmp_path / "d"), *argv]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
