@@ -157,8 +157,23 @@ class DetectorReplica:
             self._monitor_handle = find_monitor()
         return self._monitor_handle
 
-    async def score(self, checked: CheckedWindows) -> list[dict[str, Any]]:
+    async def score(self, checked: CheckedWindows) -> list[dict[str, Any]] | dict[str, Any]:
+        # the ingress checked against the model it last heard of; after a switch to a model
+        # with other metrics or a longer window, refuse here rather than fail in the batch
+        service = self.service
+        metrics = service.detector.metrics
+        if checked.values.shape[1] != len(metrics) or min(checked.lengths) < service.min_rows:
+            return {"refused": {"message": f"the production model (v{service.model_version}) scores "
+                                           f"{metrics} over at least {service.min_rows} "
+                                           "rows; the request was checked against another model, retry",
+                                "field": "windows", "status": 409}}
         return await self._score_batch(checked)
+
+    def describe(self) -> dict[str, Any]:
+        """What the ingress checks windows against: the loaded model's metrics and window."""
+        service = self.service
+        return {"metrics": list(service.detector.metrics), "min_rows": service.min_rows,
+                "model_version": service.model_version}
 
     async def predict(self, device_id: str) -> dict[str, Any]:
         return await self._predict_batch(device_id)
@@ -170,22 +185,35 @@ class DetectorReplica:
 class IngressBackend(StoreViews):
     """The API's backend inside the ingress replica: reads from the store, scores remotely."""
 
-    def __init__(self, config: EyeNetConfig, detector_handle: Any, min_rows: int) -> None:
+    def __init__(self, config: EyeNetConfig, detector_handle: Any) -> None:
         super().__init__(config, open_store(config.store_uri))
         self.detector = detector_handle
-        self.min_rows = min_rows
-        # requests are checked here, so a bad one never costs a detector replica anything
-        self.checker = WindowChecker(config.metrics, min_rows, config.sample_interval_s)
+        # requests are checked here, so a bad one never costs a detector replica anything;
+        # against the served model's metrics and window, asked of the detector deployment
+        self.checker: WindowChecker | None = None
 
     async def predict(self, device_id: str) -> dict[str, Any]:
-        result = await self.detector.predict.remote(device_id)
-        if "refused" in result:
-            refused = result["refused"]
-            raise RequestError(refused["message"], refused["field"], status=refused["status"])
-        return result
+        return _accepted(await self.detector.predict.remote(device_id))
 
     async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
-        return await self.detector.score.remote(self.checker.check(request))
+        if self.checker is None:
+            await self._describe()
+        result = await self.detector.score.remote(self.checker.check(request))
+        if isinstance(result, dict):  # refused: the model changed; check against the new one next
+            await self._describe()
+        return _accepted(result)
+
+    async def _describe(self) -> None:
+        model = await self.detector.describe.remote()
+        self.checker = WindowChecker(model["metrics"], model["min_rows"], self.config.sample_interval_s)
+
+
+def _accepted(result: Any) -> Any:
+    """A detector replica's answer, or its refusal (sent as data) raised as the 4xx it is."""
+    if isinstance(result, dict) and "refused" in result:
+        refused = result["refused"]
+        raise RequestError(refused["message"], refused["field"], status=refused["status"])
+    return result
 
 
 class _BackendSlot:
@@ -211,7 +239,7 @@ fastapi_app = create_app(_BackendSlot())
 class Ingress:
     def __init__(self, detector_handle: Any, config: dict[str, Any]) -> None:
         cfg = EyeNetConfig.from_dict(config)
-        _BackendSlot.target = IngressBackend(cfg, detector_handle, cfg.detector.window_steps + 1)
+        _BackendSlot.target = IngressBackend(cfg, detector_handle)
         _BackendSlot.max_body_bytes = cfg.serve.max_body_bytes
 
 

@@ -285,3 +285,29 @@ def test_the_api_key_never_appears_in_responses_or_logs(setup, caplog):
     for secret in (KEY, wrong):
         assert not any(secret in a.text for a in answers)
         assert secret not in caplog.text
+
+
+def test_a_detector_replica_refuses_windows_checked_against_another_model(tmp_path, detector):
+    """The ingress checks windows against what ``describe`` says; a replica that has since
+    switched to a model with other metrics or a longer window refuses (409), not fails."""
+    import asyncio
+
+    from eyenet.inference import CheckedWindows
+    from serve_app.deployments import DetectorReplica
+
+    cfg, _, mv, _ = promoted_store(tmp_path, detector, serve={"model_poll_s": 3600})
+    replica = DetectorReplica(cfg.to_dict())
+    try:
+        described = replica.describe()
+        assert described == {"metrics": METRICS, "min_rows": detector.config.window_steps + 1,
+                             "model_version": mv.version}
+        rows = described["min_rows"]
+        wide = CheckedWindows(["w"], [rows], np.arange(rows, dtype=np.int64) * 1000,
+                              np.zeros((rows, len(METRICS) + 1)))
+        short = CheckedWindows(["w"], [rows - 1], np.arange(rows - 1, dtype=np.int64) * 1000,
+                               np.zeros((rows - 1, len(METRICS))))
+        for checked in (wide, short):
+            refused = asyncio.run(replica.score(checked))
+            assert refused["refused"]["status"] == 409 and "retry" in refused["refused"]["message"]
+    finally:
+        replica._stop.set()
