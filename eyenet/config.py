@@ -88,7 +88,9 @@ class StreamingConfig(_Section):
         100, ge=1, description="logical collectors per collector actor process (~100 MB each)")
     feature_actors: int = Field(2, ge=1, description="actors in the feature/scoring pool")
     buffer_samples: int | None = Field(
-        None, ge=2, description="recent samples kept per device; default window_steps + 2")
+        None, ge=2, description="recent samples kept per device; default: collectors keep a "
+                                "/v1/predict window (window_steps + 1 + smoothing), scorers "
+                                "window_steps + 3")
     max_pending_samples: int = Field(
         50_000, ge=1, description="accepted samples a collector holds unwritten before it stops "
                                   "polling (backpressure on a slow store)")
