@@ -85,8 +85,13 @@ class DetectorReplica:
                                                         tz="UTC"),
                              **{m: 0.0 for m in detector.metrics}})
         service.score_frames([warm])  # the first forward pass is slow; pay it before traffic
-        self.service, self.windows = service, LiveWindows(self.store, detector)
+        # one assignment: a batch must never see the new model with the old window length
+        self._serving = (service, LiveWindows(self.store, detector))
         log.info("detector replica serves model version %s", version)
+
+    @property
+    def service(self) -> InferenceService:
+        return self._serving[0]
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """``{"model_version": N}`` pins a version (for a canary); ``None`` follows production."""
@@ -120,7 +125,7 @@ class DetectorReplica:
         """Live windows of the whole batch (from the collectors when the pipeline runs,
         else in one store read), scored in one pass."""
         started = time.perf_counter()
-        service, windows = self.service, self.windows
+        service, windows = self._serving
         recent = await self.collectors.recent(device_ids)
         results, batch = predict_devices(service, windows, device_ids, recent)
         self._tell_monitor(service, batch, (time.perf_counter() - started) * 1000.0)
