@@ -1,7 +1,7 @@
 """The device collector actor: a thin shell running :class:`eyenet.collector.Collector` in a
 loop and forwarding what it stored to the feature pool.
 
-The loop runs on a thread inside the actor so that ``stats``/``recent``/``stop`` calls
+The loop runs on a thread inside the actor so that ``stats``/``recent_frames``/``stop`` calls
 are answered while it polls. It starts in ``__init__``: when Ray restarts a killed
 collector (``max_restarts``) it re-runs ``__init__`` with the same arguments, the core
 resumes from the store, and polling goes on without anyone calling ``start``.
@@ -117,10 +117,6 @@ class CollectorActor:
         stats["running"] = self._thread.is_alive() and not self._stop.is_set()
         stats["pid"] = os.getpid()
         return stats
-
-    def recent(self, device_id: str) -> pd.DataFrame:
-        with self._lock:
-            return self.core.recent_frame(device_id)
 
     def recent_frames(self, device_ids: list[str]) -> pd.DataFrame:
         with self._lock:
