@@ -18,6 +18,7 @@ import yaml
 from eyenet import __version__
 from eyenet.config import EyeNetConfig, load_config
 from eyenet.errors import ConfigError, EyeNetError
+from eyenet.evaluation import EVALUATED_MODELS
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -107,7 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from jobs.evaluate import run_evaluation
 
     result = run_evaluation(args.data, _load(args), datasets=tuple(args.datasets),
-                            series=args.series, **_train_kw(args))
+                            series=args.series, models=tuple(args.models), **_train_kw(args))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=1)
@@ -115,9 +116,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         for key, table in result["mean"].items():
-            print(f"mean {key:24} " + " ".join(
-                f"{k}={table[k]:.3f}" for k in ("auprc", "f1", "precision", "recall", "event_recall",
-                                                "oracle_best_f1", "point_adjusted_f1",
+            print(f"mean {key:30} " + " ".join(
+                f"{k}={table[k]:.3f}" for k in ("auprc", "vus_pr", "f1", "precision", "recall",
+                                                "event_recall", "oracle_best_f1", "point_adjusted_f1",
                                                 "attribution_hit_rate") if k in table))
     for failure in result["errors"]:
         print(f"eyenet: error: {failure['dataset']}/{failure['series']}: {failure['error']}", file=sys.stderr)
@@ -256,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="../shared/datasets", help="datasets root (default: %(default)s)")
     p.add_argument("--datasets", nargs="+", choices=["smd", "nab"], default=["smd", "nab"])
     p.add_argument("--series", nargs="+", help="only these series (machine or file names)")
+    p.add_argument("--models", nargs="+", choices=list(EVALUATED_MODELS), default=list(EVALUATED_MODELS),
+                   help="detector kinds and baselines to score (default: all)")
     p.add_argument("--out", metavar="JSON", help="also write the full result here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)

@@ -144,6 +144,18 @@ class DetectorConfig(_Section):
     to 100 epochs, patience 10 on validation loss).
     """
 
+    kind: Literal["lstm", "pca", "kmeans", "ensemble", "isolation_forest"] = Field(
+        "lstm", description="what turns windows into errors: lstm (the seed's network, trained on "
+                            "Ray Train), pca (subspace reconstruction of subsequences), kmeans "
+                            "(distance to the nearest subsequence centroid), ensemble (the "
+                            "ensemble_members' calibrated scores averaged), isolation_forest "
+                            "(the evaluation baseline)")
+    ensemble_members: list[Literal["lstm", "pca", "kmeans"]] = Field(
+        default_factory=lambda: ["lstm", "kmeans"], min_length=1,
+        description="kinds an ensemble combines, each fitted on the same data")
+    subsequence_steps: int = Field(
+        5, ge=1, le=200, description="rows of one subsequence for pca and kmeans (<= window_steps)")
+    kmeans_clusters: int = Field(20, ge=1, le=1000, description="centroids of kind kmeans")
     objective: Literal["forecast", "classify"] = Field(
         "forecast", description="forecast: unsupervised, the score is the forecast error; "
                                 "classify: the seed's BCE classifier, needs labels")
@@ -183,6 +195,28 @@ class DetectorConfig(_Section):
         if bad:
             raise ValueError(f"device_thresholds must lie strictly between 0 and 1, got {bad}")
         return value
+
+    @field_validator("ensemble_members")
+    @classmethod
+    def _members_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"ensemble_members must not repeat a kind, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> DetectorConfig:
+        if self.objective == "classify" and self.kind != "lstm":
+            raise ValueError(f"objective 'classify' is the LSTM's; kind {self.kind!r} forecasts or "
+                             "reconstructs (use objective: forecast)")
+        if self.subsequence_steps > self.window_steps:
+            raise ValueError(f"subsequence_steps ({self.subsequence_steps}) must be <= window_steps "
+                             f"({self.window_steps})")
+        return self
+
+    @property
+    def needs_network(self) -> bool:
+        """Whether fitting this kind trains the LSTM (on Ray Train)."""
+        return self.kind == "lstm" or (self.kind == "ensemble" and "lstm" in self.ensemble_members)
 
     @property
     def smoothing(self) -> int:

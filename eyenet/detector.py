@@ -1,11 +1,16 @@
-"""The anomaly detector: features -> scaled windows -> LSTM -> error profile -> calibrated
-score, threshold and attribution (Merlion's shape: a config plus ``fit``, ``score``,
-``save``, ``load``).
+"""The anomaly detector: features -> scaled windows -> error model -> error profile ->
+calibrated score -> decision rule, with attribution (Merlion's shape: a config plus
+``fit``, ``score``, ``save``, ``load``; each link a small object).
+
+The error model is the detector's kind (``detector.kind``: the seed's LSTM, PCA, k-means,
+an ensemble; see :mod:`eyenet.error_models`); everything around it is the same for every
+kind, so the registry, Serve, the feature pool and the promotion gate take any of them.
 
 Training is split so the same detector can be trained in-process (:meth:`Detector.fit`)
 or on Ray Train (``jobs/train.py``): :meth:`prepare` builds features, fits the scaler on
-the training part and picks the windows; a loop turns them into weights; :meth:`finish`
-scores the held-out part to fit calibration and threshold. The held-out part is the last
+the training part and picks the windows; a loop turns them into weights (kinds with a
+network only); :meth:`finish` fits the in-process kinds and scores the held-out part to
+fit calibration and threshold. The held-out part is the last
 ``validation_fraction`` of each device's history, so it is later in time than anything
 trained on, as production data will be.
 """
@@ -24,6 +29,14 @@ import torch
 
 from eyenet.artifacts import load_weights
 from eyenet.config import DetectorConfig
+from eyenet.decision import DecisionRule
+from eyenet.error_models import (
+    IN_PROCESS_KINDS,
+    EnsembleModel,
+    ErrorModel,
+    lstm_from_weights,
+    model_from_state,
+)
 from eyenet.errors import ArtifactError, TelemetryError
 from eyenet.features import (
     FeatureFrame,
@@ -35,13 +48,15 @@ from eyenet.features import (
     window_targets,
     windows_at,
 )
-from eyenet.model import predict
 from eyenet.scoring import Calibrator, smoothed_errors, top_features
 from eyenet.telemetry import DEVICE, TIMESTAMP, from_ms, parse_timestamps, to_ms
-from eyenet.training import FitResult, build_net, fit_in_process
+from eyenet.training import FitResult, fit_in_process
 
 WEIGHTS_FILE, META_FILE, REFERENCE_FILE = "weights.pt", "detector.json", "reference.json"
-FORMAT_VERSION = 1
+# 2: the kind and its parameters are saved; weights.pt only for kinds with a network.
+# Version 1 (the LSTM only) still loads.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 
 
 @dataclass
@@ -101,7 +116,8 @@ class Detector:
         self.feature_names: list[str] = []
         self.scaler: Scaler | None = None
         self.calibrator: Calibrator | None = None
-        self.net: torch.nn.Module | None = None
+        self.model: ErrorModel | None = None
+        self.rule = DecisionRule(devices=dict(config.device_thresholds))
         self.reference: dict[str, Any] = {}
         self.training: dict[str, Any] = {}
 
@@ -143,35 +159,56 @@ class Detector:
         """Train in this process (the plain loop); Ray Train does the same in jobs/train.py."""
         data = self.prepare(frame)
         cfg = self.config
-        result = fit_in_process(cfg, data.arrays(data.train_targets, cfg.window_steps, cfg.objective),
-                                data.arrays(data.val_targets, cfg.window_steps, cfg.objective),
-                                max_epochs=max_epochs)
+        result = None
+        if cfg.needs_network:
+            result = fit_in_process(cfg, data.arrays(data.train_targets, cfg.window_steps, cfg.objective),
+                                    data.arrays(data.val_targets, cfg.window_steps, cfg.objective),
+                                    max_epochs=max_epochs)
         return self.finish(result, data)
 
-    def finish(self, result: FitResult, data: TrainingData) -> Detector:
-        """Load the best weights and fit calibration and threshold on held-out rows."""
-        self.net = build_net(self.config, len(self.feature_names))
-        self.net.load_state_dict(result.state_dict)
-        self.net.eval()
+    def finish(self, result: FitResult | None, data: TrainingData) -> Detector:
+        """Build the kind's model (the network from ``result``'s best weights, the others
+        fitted here on the training windows) and fit calibration and threshold on held-out
+        rows. ``result`` is None for kinds without a network."""
+        cfg = self.config
+        if cfg.needs_network and result is None:
+            raise TelemetryError(f"detector kind {cfg.kind!r} needs trained network weights")
         val = data.features.select(np.flatnonzero(data.val_rows))
-        raw, _, scored = self._raw_scores(val, self.scaler.transform(val.values), val.segments)
+        val_scaled = self.scaler.transform(val.values)
+        scored = np.zeros(len(val), bool)
+        scored[window_targets(val.segments, cfg.window_steps)] = True
         # rows whose window or smoothing memory holds a labelled incident are not normal
-        normal = scored & (flags_in_last(val.flagged, self.config.window_steps + self.config.smoothing) == 0)
+        normal = scored & (flags_in_last(val.flagged, cfg.window_steps + cfg.smoothing) == 0)
         if not normal.any():
             raise TelemetryError("every held-out window touches a labelled incident; nothing "
                                  "normal is left to calibrate the threshold on")
-        if self.config.objective == "forecast":
-            self.calibrator = Calibrator.fit(raw[normal], risk=self.config.threshold_risk,
-                                             init_quantile=self.config.threshold_init_quantile)
+
+        def calibrated(model: ErrorModel) -> Calibrator:
+            raw = self._raw_scores(val, val_scaled, val.segments, model)[0]
+            return Calibrator.fit(raw[normal], risk=cfg.threshold_risk,
+                                  init_quantile=cfg.threshold_init_quantile)
+
+        if cfg.kind == "ensemble":
+            members = [self._member(kind, result, data) for kind in cfg.ensemble_members]
+            # each member in units of its own threshold: the mean of calibrated scores
+            scales = [max(c.threshold - c.baseline, 1e-12) for c in map(calibrated, members)]
+            self.model = EnsembleModel(members, scales)
         else:
-            # the classifier's output is already a probability: scored as is, threshold 0.5
-            self.calibrator = Calibrator(0.0, 1.0)
-        self.training = {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                         "epochs": len(result.history), "train_windows": len(data.train_targets),
+            self.model = self._member(cfg.kind, result, data)
+        # the classifier's output is already a probability: scored as is, threshold 0.5
+        self.calibrator = Calibrator(0.0, 1.0) if self.model.outputs_probability else calibrated(self.model)
+        self.training = {"kind": cfg.kind, "train_windows": len(data.train_targets),
                          "val_windows": len(data.val_targets),
-                         "excluded_flagged_rows": int(data.features.flagged.sum()),
-                         "train_seconds": result.train_seconds}
+                         "excluded_flagged_rows": int(data.features.flagged.sum())}
+        if result is not None:
+            self.training.update({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                                  "epochs": len(result.history), "train_seconds": result.train_seconds})
         return self
+
+    def _member(self, kind: str, result: FitResult | None, data: TrainingData) -> ErrorModel:
+        if kind == "lstm":
+            return lstm_from_weights(self.config, len(self.feature_names), result.state_dict)
+        return IN_PROCESS_KINDS[kind].fit(data.scaled, data.train_targets, self.config)
 
     # -- scoring ----------------------------------------------------------------------------
     def score(self, frame: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -208,13 +245,15 @@ class Detector:
                     scored: np.ndarray) -> ScoredRows:
         """Calibrated scores, thresholds and flags from raw scores and contributions."""
         score = np.where(scored, self.calibrate(raw), 0.0)
-        thresholds = self.thresholds_for(feats.device_ids)
-        return ScoredRows(feats, score, raw, thresholds, scored & (score > thresholds), contrib, scored,
-                          self.feature_names, self.config.top_k_features)
+        thresholds = self.rule.thresholds(feats.device_ids)
+        return ScoredRows(feats, score, raw, thresholds, self.rule.decide(score, scored, thresholds),
+                          contrib, scored, self.feature_names, self.config.top_k_features)
 
-    def _raw_scores(self, feats: FeatureFrame, scaled: np.ndarray,
-                    segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(raw score, per-feature contribution, scored mask) for every row."""
+    def _raw_scores(self, feats: FeatureFrame, scaled: np.ndarray, segments: np.ndarray,
+                    model: ErrorModel | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(raw score, per-feature contribution, scored mask) for every row, by ``model``
+        (default: the detector's own)."""
+        model = model or self.model
         window = self.config.window_steps
         targets = window_targets(segments, window)
         n, n_feat = len(scaled), scaled.shape[1]
@@ -224,41 +263,38 @@ class Detector:
         raw = np.full(n, np.nan)
         if len(targets) == 0:
             return raw, contrib, scored
-        point_contrib, point_raw = self.point_errors(scaled, targets)
+        point_contrib, point_raw = self.point_errors(scaled, targets, model)
         contrib[targets] = point_contrib
-        if self.config.objective == "forecast":
+        if model.outputs_probability:
+            raw[targets] = point_raw
+        else:
             contrib = smoothed_errors(contrib, segments, self.config.smoothing)
             raw = contrib.sum(axis=1)
-        else:
-            raw[targets] = point_raw
         return raw, contrib, scored
 
-    def point_errors(self, scaled: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    @property
+    def smoothed(self) -> bool:
+        """Whether raw scores are the smoothed error profile (not a classifier's probability)."""
+        return not self.model.outputs_probability
+
+    def point_errors(self, scaled: np.ndarray, targets: np.ndarray,
+                     model: ErrorModel | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Unsmoothed per-feature contributions at ``targets`` and, for ``classify``, the
-        raw probability. The one forward pass offline and streaming scoring share."""
+        raw probability. The one model call offline and streaming scoring share."""
+        model = model or self.model
         if len(targets) == 0:
             empty = np.empty((0, scaled.shape[1]))
-            return empty, (None if self.config.objective == "forecast" else np.empty(0))
-        out = predict(self.net, windows_at(scaled, targets, self.config.window_steps))
-        if self.config.objective == "forecast":
-            return (out - scaled[targets]) ** 2, None
-        return scaled[targets] ** 2, out[:, 0]  # contribution: distance from the training median
-
-    def thresholds_for(self, device_ids: np.ndarray) -> np.ndarray:
-        """The calibrated-score threshold of each row's device (default 0.5)."""
-        overrides = self.config.device_thresholds
-        if not overrides:
-            return np.full(len(device_ids), 0.5)
-        return np.array([overrides.get(d, 0.5) for d in device_ids])
+            return empty, (np.empty(0) if model.outputs_probability else None)
+        return model.point_errors(scaled, targets, self.config.window_steps)
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """Raw scores to the calibrated 0..1 score (NaN counts as 0)."""
-        if self.config.objective == "classify":
+        if self.model.outputs_probability:
             return np.clip(np.nan_to_num(raw), 0.0, 1.0)
         return self.calibrator(np.nan_to_num(raw))
 
     def require_fitted(self) -> None:
-        if self.net is None or self.scaler is None or self.calibrator is None:
+        if self.model is None or self.scaler is None or self.calibrator is None:
             raise TelemetryError("the detector is not fitted: call fit() or load() first")
 
     # -- persistence ------------------------------------------------------------------------
@@ -266,12 +302,14 @@ class Detector:
         self.require_fitted()
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        torch.save(self.net.state_dict(), path / WEIGHTS_FILE)
+        net = self.model.network()
+        if net is not None:
+            torch.save(net.state_dict(), path / WEIGHTS_FILE)
         meta = {"format_version": FORMAT_VERSION, "config": self.config.model_dump(mode="json"),
                 "metrics": self.metrics, "gap_s": self.gap_s, "feature_names": self.feature_names,
+                "kind": self.model.kind, "model": self.model.state(),
                 "scaler": self.scaler.to_dict(), "calibration": self.calibrator.to_dict(),
-                "thresholds": {"default": 0.5, "devices": self.config.device_thresholds},
-                "training": self.training}
+                "thresholds": self.rule.to_dict(), "training": self.training}
         (path / META_FILE).write_text(json.dumps(meta, indent=1))
         (path / REFERENCE_FILE).write_text(json.dumps(self.reference))
         return path
@@ -284,20 +322,22 @@ class Detector:
             reference = json.loads((path / REFERENCE_FILE).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"cannot read detector from {path}: {exc}") from exc
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_FORMATS:
             raise ArtifactError(f"{path / META_FILE} has format_version {meta.get('format_version')}, "
-                                f"this EyeNet reads {FORMAT_VERSION}")
+                                f"this EyeNet reads {', '.join(map(str, READABLE_FORMATS))}")
         try:
             det = cls(DetectorConfig.model_validate(meta["config"]), meta["metrics"], meta["gap_s"])
             det.feature_names = meta["feature_names"]
             det.scaler = Scaler.from_dict(meta["scaler"])
             det.calibrator = Calibrator.from_dict(meta["calibration"])
+            det.rule = DecisionRule.from_dict(meta.get("thresholds") or {})
             det.training, det.reference = meta.get("training", {}), reference
-            det.net = build_net(det.config, len(det.feature_names))
-            det.net.load_state_dict(load_weights(path / WEIGHTS_FILE))
+            kind = meta.get("kind", "lstm")  # format 1 saved the LSTM only
+            weights = load_weights(path / WEIGHTS_FILE) if (path / WEIGHTS_FILE).exists() else None
+            det.model = model_from_state(kind, meta.get("model") or {}, det.config,
+                                         len(det.feature_names), weights)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"detector in {path} is inconsistent: {type(exc).__name__}: {exc}") from exc
-        det.net.eval()
         return det
 
 

@@ -1,13 +1,13 @@
-"""Scoring protocol (shared/datasets/README.md) and the baselines measured beside EyeNet.
+"""Scoring protocol (shared/datasets/README.md) and the models measured in one run.
 
 Per series: point-wise precision/recall/F1 of the detector's own decision (no point
 adjustment), AUPRC of the raw score, event recall (labelled segments with at least one
 flagged row), VUS-PR of the raw score (TSB-AD's headline measure), and, labelled as such,
 the oracle best-threshold F1 and point-adjusted F1.
 
-Baselines get the same features, the same scaler and the same label-free threshold rule
-(peaks-over-threshold on the held-out tail of training) as the detector, so the only
-difference measured is the model.
+Baselines are detectors too (:data:`EVALUATED_MODELS`): the same features, scaler and
+label-free threshold rule (peaks-over-threshold on the held-out tail of training) as every
+kind, so the only difference measured is the model.
 """
 
 from __future__ import annotations
@@ -15,15 +15,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from eyenet.config import DetectorConfig
-from eyenet.features import FeatureFrame, Scaler, held_out_tail
-from eyenet.scoring import pot_threshold
-
-PCA_VARIANCE = 0.9
+# Every detector kind, then the two baselines: bare (row-wise, no smoothing) IsolationForest
+# and PCA, through the same Detector, scaler and threshold rule, so the model is all that
+# differs. Each name maps to the detector settings it overrides.
+EVALUATED_MODELS: dict[str, dict[str, Any]] = {
+    "lstm": {"kind": "lstm"},
+    "pca": {"kind": "pca"},
+    "kmeans": {"kind": "kmeans"},
+    "ensemble": {"kind": "ensemble"},
+    "baseline_isolation_forest": {"kind": "isolation_forest", "subsequence_steps": 1, "smoothing_steps": 1},
+    "baseline_pca": {"kind": "pca", "subsequence_steps": 1, "smoothing_steps": 1},
+}
 VUS_MAX_BUFFER = 100  # TSB-AD get_metrics(slidingWindow=100): buffers of 0..100 rows
 VUS_THRESHOLDS = 250  # TSB-AD generate_curve(thre=250)
 
@@ -159,38 +163,6 @@ def attribution_hit_rate(decision: np.ndarray, top_feature: np.ndarray,
         flagged += len(rows)
         hits += sum(top_feature[r] in blamed for r in rows)
     return hits / flagged if flagged else None
-
-
-class Baseline:
-    """IsolationForest or PCA reconstruction error on the detector's scaled features."""
-
-    def __init__(self, kind: str, config: DetectorConfig) -> None:
-        if kind not in ("isolation_forest", "pca"):
-            raise ValueError(f"unknown baseline {kind!r}")
-        self.kind, self.config = kind, config
-
-    def fit(self, train: FeatureFrame) -> Baseline:
-        usable = train.select(np.flatnonzero(~train.flagged))
-        held = held_out_tail(usable.device_ids, self.config.validation_fraction)
-        self.scaler = Scaler.fit(usable.values)  # the same rule as the detector's scaler
-        x = self.scaler.transform(usable.values)
-        if self.kind == "pca":
-            self.model = PCA(n_components=PCA_VARIANCE if x.shape[1] > 1 else 1,
-                             random_state=self.config.seed).fit(x[~held])
-        else:
-            self.model = IsolationForest(random_state=self.config.seed).fit(x[~held])
-        self.threshold = pot_threshold(self._raw(x[held]), self.config.threshold_risk,
-                                       self.config.threshold_init_quantile)
-        return self
-
-    def _raw(self, x: np.ndarray) -> np.ndarray:
-        if self.kind == "pca":
-            return ((self.model.inverse_transform(self.model.transform(x)) - x) ** 2).sum(axis=1)
-        return -self.model.score_samples(x)
-
-    def score(self, test: FeatureFrame) -> tuple[np.ndarray, np.ndarray]:
-        raw = self._raw(self.scaler.transform(test.values))
-        return raw, raw > self.threshold
 
 
 def mean_table(rows: list[dict[str, Any]]) -> dict[str, float]:

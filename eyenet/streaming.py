@@ -58,7 +58,7 @@ class StreamScorer:
         self.window = detector.config.window_steps
         self.buffer_rows = max(buffer_rows or 0, self.window + 1 + BUFFER_SLACK_ROWS)
         self.decay = 1.0 - 2.0 / (detector.config.smoothing + 1.0)
-        self.forecast = detector.config.objective == "forecast"
+        self.smoothed = detector.smoothed  # a classifier's probability is not smoothed
         self._devices: dict[str, _DeviceState] = {}
         # unscaled features of the rows the last update scored (drift tracking reads them)
         self.last_features = np.empty((0, len(detector.feature_names)), np.float32)
@@ -110,7 +110,7 @@ class StreamScorer:
         contrib[is_target & new] = point_contrib
         if point_raw is not None:
             raw[is_target & new] = point_raw
-        if self.forecast:
+        if self.smoothed:
             self._smooth(feats.device_ids, feats.segments, feats.timestamps_ms, new, contrib, raw)
         rows = np.flatnonzero(new)
         self.last_features = feats.values[rows]

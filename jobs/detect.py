@@ -20,7 +20,7 @@ import pandas as pd
 from eyenet.config import EyeNetConfig
 from eyenet.datasets import read_metric_csv, sample_interval_s
 from eyenet.detector import Detector
-from eyenet.errors import EyeNetError, TelemetryError
+from eyenet.errors import ConfigError, EyeNetError, TelemetryError
 from eyenet.telemetry import DEVICE, LABEL, TIMESTAMP, to_ms
 
 
@@ -35,16 +35,22 @@ def config_for(config: EyeNetConfig, metrics: list[str], frame: pd.DataFrame) ->
 def fit_detector(train: pd.DataFrame, config: EyeNetConfig, *, source: str, tune: bool = False,
                  trials: int = 8, time_budget_s: float = 600.0, workers: int = 1, gpus: float = 0,
                  max_epochs: int | None = None) -> tuple[Detector, dict[str, Any]]:
-    """Train on Ray (tuned or not); errors about the data name ``source``."""
+    """Train on Ray (tuned or not); errors about the data name ``source``. Kinds without a
+    network (pca, kmeans) fit in this process in seconds and never start Ray."""
     from jobs._ray import ensure_ray
     from jobs.train import train_on_ray
     from jobs.tune import tune_detector
 
     detector = Detector(config.detector, config.metrics, config.gap_s)
+    if tune and not config.detector.needs_network:
+        raise ConfigError(f"--tune searches the LSTM's hyperparameters; detector kind "
+                          f"{config.detector.kind!r} trains no LSTM", "detector.kind", config.detector.kind)
     try:  # checks the data before Ray starts; a tuned trial prepares its own window size
         data = detector.prepare(train)
     except TelemetryError as exc:
         raise TelemetryError(f"{source}: {exc}") from exc
+    if not config.detector.needs_network:
+        return detector.finish(None, data), {}
     ensure_ray()
     if tune:
         detector, params, trials_table = tune_detector(

@@ -1,8 +1,10 @@
-"""``eyenet evaluate``: the detector beside IsolationForest and PCA on shared/datasets.
+"""``eyenet evaluate``: every detector kind beside the IsolationForest and PCA baselines on
+shared/datasets.
 
-Per series, in one run: the detector trained through Ray Train, and both baselines on the
-same split, features, scaler and threshold rule. Thresholds never see test labels.
-Prints a table (or JSON) per series and the mean per dataset.
+Per series, in one run and one code path: each model is a :class:`Detector` of its kind
+(the LSTM trained through Ray Train, once; the others fitted in process), with the same
+split, features, scaler and threshold rule. Thresholds never see test labels. Prints a
+table (or JSON) per series and the mean per dataset.
 """
 
 from __future__ import annotations
@@ -16,42 +18,54 @@ import pandas as pd
 
 from eyenet.config import EyeNetConfig
 from eyenet.datasets import load_nab, load_smd, nab_series, smd_machines, smd_segments
+from eyenet.detector import Detector
 from eyenet.errors import EyeNetError
-from eyenet.evaluation import Baseline, attribution_hit_rate, mean_table, score_series
+from eyenet.evaluation import EVALUATED_MODELS, attribution_hit_rate, mean_table, score_series
 from eyenet.features import metric_of
 from eyenet.telemetry import LABEL
-from jobs.detect import config_for, fit_detector
-
-MODELS = ("eyenet", "isolation_forest", "pca")
+from jobs.detect import config_for
 
 
 def evaluate_series(name: str, dataset: str, train: pd.DataFrame, test: pd.DataFrame,
                     metrics: list[str], config: EyeNetConfig,
                     blamed: list[tuple[int, int, set[str]]] | None = None,
-                    **train_kw: Any) -> list[dict[str, Any]]:
+                    models: tuple[str, ...] = tuple(EVALUATED_MODELS), workers: int = 1, gpus: float = 0,
+                    max_epochs: int | None = None) -> list[dict[str, Any]]:
+    """One row per model: each fitted on ``train`` and scored on ``test`` the same way. The
+    LSTM trains once (Ray Train); kinds that include it (the ensemble) reuse its weights."""
+    from jobs._ray import ensure_ray
+    from jobs.train import train_on_ray
+
     cfg = config_for(config, metrics, train)
-    started = time.perf_counter()
-    detector, _ = fit_detector(train, cfg, source=name, **train_kw)
-    scored = detector.score(test.drop(columns=[LABEL]), history=train)
-    train_feats, test_feats = detector.features(train), detector.features(test)
-    rows = [{"dataset": dataset, "series": name, "model": "eyenet",
-             **score_series(test_feats.flagged, scored["raw_score"].to_numpy(),
-                            scored["is_anomaly"].to_numpy()),
-             "seconds": time.perf_counter() - started, "epochs": detector.training.get("epochs")}]
-    if blamed:
-        top = np.array([metric_of(f, metrics) if f else "" for f in scored["top_feature"]], dtype=object)
-        rows[0]["attribution_hit_rate"] = attribution_hit_rate(scored["is_anomaly"].to_numpy(), top, blamed)
-    for kind in ("isolation_forest", "pca"):
+    base = cfg.detector.model_dump()
+    test_frame = test.drop(columns=[LABEL])
+    network: Any = None
+    rows: list[dict[str, Any]] = []
+    for model in models:
         started = time.perf_counter()
-        raw, decision = Baseline(kind, cfg.detector).fit(train_feats).score(test_feats)
-        rows.append({"dataset": dataset, "series": name, "model": kind,
-                     **score_series(test_feats.flagged, raw, decision),
-                     "seconds": time.perf_counter() - started})
+        det_cfg = cfg.detector.model_validate({**base, **EVALUATED_MODELS[model]})
+        detector = Detector(det_cfg, cfg.metrics, cfg.gap_s)
+        data = detector.prepare(train)
+        if det_cfg.needs_network and network is None:
+            ensure_ray()
+            network = train_on_ray(detector, data, workers=workers, gpus=gpus, max_epochs=max_epochs)
+        detector.finish(network if det_cfg.needs_network else None, data)
+        scored = detector.score(test_frame, history=train)
+        flagged = detector.features(test).flagged
+        decision = scored["is_anomaly"].to_numpy()
+        row = {"dataset": dataset, "series": name, "model": model,
+               **score_series(flagged, scored["raw_score"].to_numpy(), decision),
+               "seconds": time.perf_counter() - started, "epochs": detector.training.get("epochs")}
+        if blamed:
+            top = np.array([metric_of(f, metrics) if f else "" for f in scored["top_feature"]], dtype=object)
+            row["attribution_hit_rate"] = attribution_hit_rate(decision, top, blamed)
+        rows.append(row)
     return rows
 
 
 def run_evaluation(root: str, config: EyeNetConfig, *, datasets: tuple[str, ...] = ("smd", "nab"),
-                   series: list[str] | None = None, **train_kw: Any) -> dict[str, Any]:
+                   series: list[str] | None = None, models: tuple[str, ...] = tuple(EVALUATED_MODELS),
+                   **train_kw: Any) -> dict[str, Any]:
     if not Path(root).is_dir():
         raise EyeNetError(f"datasets directory {root} does not exist")
     jobs: list[tuple[str, str, Any]] = []
@@ -69,16 +83,18 @@ def run_evaluation(root: str, config: EyeNetConfig, *, datasets: tuple[str, ...]
         try:  # one unreadable series is reported, and the others still run
             train, test, metrics = load_smd(path) if dataset == "smd" else load_nab(path)
             blamed = smd_segments(path) if dataset == "smd" else None
-            rows += evaluate_series(name, dataset, train, test, metrics, config, blamed, **train_kw)
+            rows += evaluate_series(name, dataset, train, test, metrics, config, blamed, models,
+                                    **train_kw)
         except EyeNetError as exc:
             errors.append({"dataset": dataset, "series": name, "error": str(exc)})
             print(f"{dataset:4} {name:40} FAILED: {exc}", flush=True)
             continue
-        for r in rows[-3:]:
-            print(f"{dataset:4} {name:40} {r['model']:17} AUPRC={r.get('auprc', np.nan):.3f} "
+        for r in rows[-len(models):]:
+            print(f"{dataset:4} {name:30} {r['model']:25} AUPRC={r.get('auprc', np.nan):.3f} "
+                  f"VUS-PR={r.get('vus_pr', np.nan):.3f} "
                   f"F1={r['f1']:.3f} P={r['precision']:.3f} R={r['recall']:.3f}", flush=True)
     means = {f"{d}/{m}": mean_table([r for r in rows if r["dataset"] == d and r["model"] == m])
-             for d in datasets for m in MODELS if any(r["dataset"] == d for r in rows)}
+             for d in datasets for m in models if any(r["dataset"] == d for r in rows)}
     return {"protocol": "train on train only; thresholds from held-out training tail "
                         "(peaks-over-threshold), never test labels; f1/precision/recall point-wise; "
                         "oracle_best_f1 uses test labels (oracle); point_adjusted_f1 is point-adjusted",

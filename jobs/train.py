@@ -292,7 +292,7 @@ def train_detector(frame: pd.DataFrame, config: EyeNetConfig, *, workers: int = 
     detector = Detector(config.detector, config.metrics, config.gap_s)
     data = detector.prepare(frame)
     result = train_on_ray(detector, data, workers=workers, gpus=gpus, storage_path=storage_path,
-                          max_epochs=max_epochs)
+                          max_epochs=max_epochs) if config.detector.needs_network else None
     return detector.finish(result, data)
 
 

@@ -32,8 +32,9 @@ def run_train(args: argparse.Namespace, config: EyeNetConfig, **train_kw: Any) -
                                    time_budget_s=args.time_budget_s, **train_kw)
     with tempfile.TemporaryDirectory() as tmp:
         detector.save(tmp)
-        metrics = {"best_val_loss": detector.training["best_val_loss"],
-                   "epochs": detector.training["epochs"],
+        metrics = {"kind": detector.model.kind,
+                   "best_val_loss": detector.training.get("best_val_loss"),
+                   "epochs": detector.training.get("epochs"),
                    "raw_threshold": detector.calibrator.threshold,
                    **({"tuned_params": extra["tuned_params"]} if "tuned_params" in extra else {})}
         return ModelRegistry(store, config.artifact_root).register(

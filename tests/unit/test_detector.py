@@ -314,7 +314,7 @@ def test_device_thresholds_override_the_threshold(detector):
     frame, _ = test_frame()
     default = detector.score(frame)
     strict = copy.deepcopy(detector)
-    strict.config.device_thresholds = {"r2": 0.999}
+    strict.rule.devices = {"r2": 0.999}  # the decision rule holds per-device thresholds
     out = strict.score(frame)
     r1, r2 = (out["device_id"] == "r1").to_numpy(), (out["device_id"] == "r2").to_numpy()
     assert (out.loc[r1, "threshold"] == 0.5).all() and (out.loc[r2, "threshold"] == 0.999).all()
@@ -398,7 +398,7 @@ def test_fit_and_score_with_any_metric_count(n_metrics):
 def test_save_and_load_give_identical_scores(detector, tmp_path):
     """A loaded detector scores exactly as the saved one, per-device thresholds included."""
     saved = copy.deepcopy(detector)
-    saved.config.device_thresholds = {"r1": 0.7}
+    saved.rule.devices = {"r1": 0.7}
     path = saved.save(tmp_path / "model")
     assert {p.name for p in path.iterdir()} == {WEIGHTS_FILE, META_FILE, REFERENCE_FILE}
     loaded = Detector.load(path)

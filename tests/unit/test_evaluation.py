@@ -9,10 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet.config import DetectorConfig
 from eyenet.datasets import load_nab, sample_interval_s, smd_segments
 from eyenet.evaluation import (
-    Baseline,
     attribution_hit_rate,
     label_segments,
     mean_table,
@@ -20,7 +18,6 @@ from eyenet.evaluation import (
     score_series,
     vus_pr,
 )
-from eyenet.features import build_features
 
 
 def test_label_segments_are_half_open_runs_of_ones():
@@ -161,29 +158,6 @@ def test_attribution_hit_rate_counts_flagged_rows_in_segments_only():
     top = np.array(["a", "b", "a", "a", "c"], dtype=object)
     assert attribution_hit_rate(decision, top, [(1, 3, {"a"})]) == pytest.approx(0.5)
     assert attribution_hit_rate(np.zeros(5, bool), top, [(1, 3, {"a"})]) is None
-
-
-@pytest.mark.parametrize("kind", ["pca", "isolation_forest"])
-def test_baselines_rank_a_spike_above_normal_rows(kind):
-    rng = np.random.default_rng(0)
-    t = np.arange(1200)
-    values = np.c_[np.sin(t / 20), np.cos(t / 20), np.sin(t / 20) + np.cos(t / 20)]
-    values = values + 0.05 * rng.standard_normal(values.shape)
-    frame = pd.DataFrame(values, columns=["a", "b", "c"])
-    frame.insert(0, "timestamp", pd.date_range("2026-01-01", periods=len(t), freq="1s", tz="UTC"))
-    frame.insert(0, "device_id", "d")
-    train, test = frame.iloc[:1000], frame.iloc[1000:].copy()
-    test.iloc[50:55, test.columns.get_loc("c")] += 5.0
-    cfg = DetectorConfig()
-    base = Baseline(kind, cfg).fit(build_features(train, ["a", "b", "c"], gap_s=3))
-    raw, decision = base.score(build_features(test, ["a", "b", "c"], gap_s=3))
-    assert raw[50:55].min() > np.quantile(raw[100:], 0.99)
-    assert decision[50:55].all()
-
-
-def test_unknown_baseline_is_refused():
-    with pytest.raises(ValueError, match="unknown baseline"):
-        Baseline("lof", DetectorConfig())
 
 
 def test_mean_table_averages_numeric_fields():
