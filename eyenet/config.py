@@ -39,7 +39,7 @@ RESERVED_METRIC_NAMES = {"device_id", "timestamp", "label", "ts_ms", "_id"}
 # Mapping-valued settings: read as JSON from the environment, leaves for source tracking.
 DICT_FIELDS = ("metric_max", "device_thresholds")
 OPTIONAL_FIELDS = ("max_gap_s", "webhook_url", "smoothing_steps", "rolling_s", "max_train_time_s",
-                   "buffer_samples")
+                   "buffer_samples", "adapt_after_s")
 STORE_SCHEMES = ("sqlite:///", "mongodb://", "mongodb+srv://")
 
 
@@ -156,6 +156,13 @@ class DetectorConfig(_Section):
     subsequence_steps: int = Field(
         5, ge=1, le=200, description="rows of one subsequence for pca and kmeans (<= window_steps)")
     kmeans_clusters: int = Field(20, ge=1, le=1000, description="centroids of kind kmeans")
+    adapt_after_s: float | None = Field(
+        86400.0, gt=0, description="a metric whose level stays beyond regime_shift_z spreads of its "
+                                   "baseline this long is a new normal: one regime_change, then "
+                                   "judged against the new level; null never adapts")
+    regime_shift_z: float = Field(
+        3.0, gt=0, description="how far (in spreads) a metric's smoothed level must move to count "
+                               "towards a regime change")
     objective: Literal["forecast", "classify"] = Field(
         "forecast", description="forecast: unsupervised, the score is the forecast error; "
                                 "classify: the seed's BCE classifier, needs labels")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from eyenet.features import (
     window_targets,
     windows_at,
 )
+from eyenet.regime import RegimeChange, RegimeTracker
 from eyenet.scoring import Calibrator, smoothed_errors, top_features
 from eyenet.telemetry import DEVICE, TIMESTAMP, from_ms, parse_timestamps, to_ms
 from eyenet.training import FitResult, fit_in_process
@@ -89,6 +90,13 @@ class ScoredRows:
     scored: np.ndarray          # bool: the row had a full window in its segment
     feature_names: list[str]
     top_k: int
+    regime_changes: list[RegimeChange] = field(default_factory=list)
+
+    def regime_events(self) -> list[tuple[str, int, list[str]]]:
+        """(device, ms, feature names) of each regime change among the rows."""
+        feats = self.features
+        return [(str(feats.device_ids[c.row]), int(feats.timestamps_ms[c.row]),
+                 [self.feature_names[f] for f in c.features]) for c in self.regime_changes]
 
     def frame(self, rows: np.ndarray) -> pd.DataFrame:
         """:meth:`Detector.score`'s output frame for ``rows``."""
@@ -118,6 +126,7 @@ class Detector:
         self.calibrator: Calibrator | None = None
         self.model: ErrorModel | None = None
         self.rule = DecisionRule(devices=dict(config.device_thresholds))
+        self.sample_interval_s: float | None = None  # median spacing of the training history
         self.reference: dict[str, Any] = {}
         self.training: dict[str, Any] = {}
 
@@ -138,6 +147,9 @@ class Detector:
         # only starts moving late in training must not look like a 50-sigma event to the
         # calibration (test data never reaches it).
         self.scaler = Scaler.fit(feats.values[fit_rows])
+        same = np.diff(feats.segments) == 0
+        spacing_ms = np.diff(feats.timestamps_ms)[same]
+        self.sample_interval_s = float(np.median(spacing_ms)) / 1000.0 if len(spacing_ms) else self.gap_s
         scaled = self.scaler.transform(feats.values)
         # held-out rows start new segments so no window mixes training and validation rows
         split = np.r_[False, val_rows[1:] != val_rows[:-1]]
@@ -174,7 +186,7 @@ class Detector:
         if cfg.needs_network and result is None:
             raise TelemetryError(f"detector kind {cfg.kind!r} needs trained network weights")
         val = data.features.select(np.flatnonzero(data.val_rows))
-        val_scaled = self.scaler.transform(val.values)
+        val_scaled = self.adapted(val, self.scaler.transform(val.values))[0]
         scored = np.zeros(len(val), bool)
         scored[window_targets(val.segments, cfg.window_steps)] = True
         # rows whose window or smoothing memory holds a labelled incident are not normal
@@ -238,16 +250,36 @@ class Detector:
         that wants a few rows (the newest of each window) uses without building a frame."""
         self.require_fitted()
         feats = self.features(frame)
-        raw, contrib, scored = self._raw_scores(feats, self.scaler.transform(feats.values), feats.segments)
-        return self.scored_rows(feats, raw, contrib, scored)
+        inputs, changes = self.adapted(feats, self.scaler.transform(feats.values))
+        raw, contrib, scored = self._raw_scores(feats, inputs, feats.segments)
+        return self.scored_rows(feats, raw, contrib, scored, changes)
+
+    def regime_tracker(self) -> RegimeTracker | None:
+        """A fresh tracker of each device's regime (None when ``adapt_after_s`` is null)."""
+        if self.config.adapt_after_s is None:
+            return None
+        interval_s = self.sample_interval_s or self.gap_s
+        steps = max(1, round(self.config.adapt_after_s / interval_s))
+        return RegimeTracker(steps, self.config.regime_shift_z)
+
+    def adapted(self, feats: FeatureFrame, scaled: np.ndarray, tracker: RegimeTracker | None = None,
+                advance: np.ndarray | None = None) -> tuple[np.ndarray, list[RegimeChange]]:
+        """Scaled inputs judged against each device's current regime (see eyenet.regime), and
+        the regime changes among the rows; ``tracker`` carries state between calls (the pool),
+        a fresh one is used otherwise (offline scoring, from the first row given)."""
+        tracker = tracker or self.regime_tracker()
+        if tracker is None:
+            return scaled, []
+        return tracker.apply(scaled, feats.device_ids, advance)
 
     def scored_rows(self, feats: FeatureFrame, raw: np.ndarray, contrib: np.ndarray,
-                    scored: np.ndarray) -> ScoredRows:
+                    scored: np.ndarray, regime_changes: list[RegimeChange] | None = None) -> ScoredRows:
         """Calibrated scores, thresholds and flags from raw scores and contributions."""
         score = np.where(scored, self.calibrate(raw), 0.0)
         thresholds = self.rule.thresholds(feats.device_ids)
         return ScoredRows(feats, score, raw, thresholds, self.rule.decide(score, scored, thresholds),
-                          contrib, scored, self.feature_names, self.config.top_k_features)
+                          contrib, scored, self.feature_names, self.config.top_k_features,
+                          regime_changes or [])
 
     def _raw_scores(self, feats: FeatureFrame, scaled: np.ndarray, segments: np.ndarray,
                     model: ErrorModel | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -308,6 +340,7 @@ class Detector:
         meta = {"format_version": FORMAT_VERSION, "config": self.config.model_dump(mode="json"),
                 "metrics": self.metrics, "gap_s": self.gap_s, "feature_names": self.feature_names,
                 "kind": self.model.kind, "model": self.model.state(),
+                "sample_interval_s": self.sample_interval_s,
                 "scaler": self.scaler.to_dict(), "calibration": self.calibrator.to_dict(),
                 "thresholds": self.rule.to_dict(), "training": self.training}
         (path / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -329,6 +362,7 @@ class Detector:
             det = cls(DetectorConfig.model_validate(meta["config"]), meta["metrics"], meta["gap_s"])
             det.feature_names = meta["feature_names"]
             det.scaler = Scaler.from_dict(meta["scaler"])
+            det.sample_interval_s = meta.get("sample_interval_s")
             det.calibrator = Calibrator.from_dict(meta["calibration"])
             det.rule = DecisionRule.from_dict(meta.get("thresholds") or {})
             det.training, det.reference = meta.get("training", {}), reference

@@ -7,6 +7,11 @@ written when the episode opens (so operators see it at once), refreshed while it
 (at most every ``EPISODE_REFRESH_S``) and closed with status ``resolved``; its id stays
 the same, so each write replaces the last. ``metrics`` names the metrics that drove it:
 the configured metrics behind the top features of its points, most frequent first.
+
+A *regime change* (kind ``regime_change``, see :mod:`eyenet.regime`) is written when a
+device's new level is adopted. The anomaly episode the move opened becomes that one
+event (same id, now ``regime_change``, resolved), so a device that moves to a new normal
+leaves one alert, not an open anomaly and a second event.
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ class LiveScorer:
             if polled_at_s is not None:
                 self.poll_to_score_ms.add((done - polled_at_s) * 1000.0, at_s=done)
         anomalies = self._anomalies(scores, done)
+        self._regime_changes(done)
         self._close_quiet_episodes(scores, done)
         summary = batch_summary(self.detector, scores[DEVICE].tolist(), anomalies, self.stream.last_features,
                                 latency_ms, windows, self.model_version, done)
@@ -106,6 +112,23 @@ class LiveScorer:
             self._extend_episode(device, ts_ms, score, named, now_s)
         self.totals["anomalies"] += len(out)
         return out
+
+    def _regime_changes(self, now_s: float) -> None:
+        for device, ts_ms, features in self.stream.last_regime_changes:
+            named = list(dict.fromkeys(metric_of(f, self.detector.metrics) for f in features))
+            episode = self.episodes.pop(device, None)
+            start_ms = episode.start_ms if episode is not None else ts_ms
+            adapt_s = self.detector.config.adapt_after_s
+            self.store.upsert_event(Event(
+                kind="regime_change", device_id=device, metrics=named, status="resolved",
+                ts=pd.Timestamp(start_ms, unit="ms", tz="UTC").to_pydatetime(),
+                message=f"regime change on {device}: new normal level of {', '.join(named)} held for "
+                        f"{adapt_s:g} s and is now the baseline it is judged against",
+                payload={"start_ms": start_ms, "adopted_ms": ts_ms, "features": features,
+                         "anomaly_points": episode.points if episode is not None else 0,
+                         "model_version": self.model_version},
+                event_id=episode.event_id if episode is not None else f"regime-{device}-{ts_ms}"))
+            self.totals["regime_changes"] += 1
 
     def _extend_episode(self, device: str, ts_ms: int, score: float, metrics: list[str],
                         now_s: float) -> None:

@@ -59,6 +59,9 @@ class StreamScorer:
         self.buffer_rows = max(buffer_rows or 0, self.window + 1 + BUFFER_SLACK_ROWS)
         self.decay = 1.0 - 2.0 / (detector.config.smoothing + 1.0)
         self.smoothed = detector.smoothed  # a classifier's probability is not smoothed
+        # each device's regime, carried between calls (None when adaptation is off)
+        self.regimes = detector.regime_tracker()
+        self.last_regime_changes: list[tuple[str, int, list[str]]] = []
         self._devices: dict[str, _DeviceState] = {}
         # unscaled features of the rows the last update scored (drift tracking reads them)
         self.last_features = np.empty((0, len(detector.feature_names)), np.float32)
@@ -88,6 +91,7 @@ class StreamScorer:
         device has already had scored. Returns Detector.score's columns for those rows;
         older rows (late arrivals) are left out, as their neighbours were already scored."""
         self.last_features = np.empty((0, len(self.detector.feature_names)), np.float32)
+        self.last_regime_changes = []
         if samples.empty:
             return self._empty()
         ts_ms = to_ms(parse_timestamps(samples[TIMESTAMP])).to_numpy()
@@ -98,9 +102,11 @@ class StreamScorer:
             return self._empty()
         frame = self._frame(touched)
         feats = self.detector.features(frame)
-        scaled = self.detector.scaler.transform(feats.values)
         last_ms = np.array([self._devices[d].last_scored_ms or -1 for d in feats.device_ids])
         new = feats.timestamps_ms > last_ms
+        # only new rows move a device's regime; buffered rows take its current state
+        scaled, changes = self.detector.adapted(feats, self.detector.scaler.transform(feats.values),
+                                                self.regimes, advance=new)
         targets = window_targets(feats.segments, self.window)
         is_target = np.zeros(len(feats), bool)
         is_target[targets] = True
@@ -114,7 +120,9 @@ class StreamScorer:
             self._smooth(feats.device_ids, feats.segments, feats.timestamps_ms, new, contrib, raw)
         rows = np.flatnonzero(new)
         self.last_features = feats.values[rows]
-        out = self.detector.scored_rows(feats, raw, contrib, is_target).frame(rows)
+        scored = self.detector.scored_rows(feats, raw, contrib, is_target, changes)
+        self.last_regime_changes = scored.regime_events()
+        out = scored.frame(rows)
         self._trim(out)
         return out
 

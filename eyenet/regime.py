@@ -1,0 +1,137 @@
+"""Regime tracking: a device that moves to a new normal level is judged against that level.
+
+A model learns one device's normal from its training history. When a metric moves to a
+new level and stays there (a new customer on a link, a service moved to another host),
+every later point looks anomalous, and a detector that says so for the rest of time is an
+alert storm. The tracker follows each device's features causally in scaled units:
+
+* a smoothed level ``m`` (EWM over ``level_steps``) and spread ``d`` (EWM of ``|z - m|``);
+* a feature whose smoothed level stays more than ``shift_z`` current spreads away from its
+  baseline, on one side, for ``adapt_steps`` consecutive rows is in a new regime: its
+  baseline becomes the current level and its spread the current spread (never below the
+  training spread), and the change is reported (``regime_change``, naming the features);
+* inputs reach the model as ``(z - baseline) / spread``: unchanged until a regime change,
+  and judged against the new level after one.
+
+Spikes and incidents shorter than ``adapt_steps`` never move the baseline, so they are
+still found, and a spike inside the new regime is found against the new level. A daily
+cycle crosses its mean twice a day and never counts as a regime. The price is stated: an
+incident that holds one level for longer than ``adapt_steps`` becomes the new normal.
+
+The same object runs offline (a fresh state per scoring call, rows in time order) and in
+the feature pool (state carried per device between calls), so both decide alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class RegimeState:
+    """One device's tracker state, per feature (scaled units)."""
+
+    baseline: np.ndarray
+    spread: np.ndarray
+    level: np.ndarray
+    deviation: np.ndarray
+    run: np.ndarray          # consecutive rows the level sat beyond the band
+    side: np.ndarray         # +1 / -1: which side the run is on
+    started: bool = False
+    changes: int = 0
+
+    @classmethod
+    def fresh(cls, n_features: int) -> RegimeState:
+        zeros = np.zeros(n_features)
+        return cls(zeros.copy(), np.ones(n_features), zeros.copy(), np.ones(n_features),
+                   np.zeros(n_features, np.int64), zeros.copy())
+
+    def copy(self) -> RegimeState:
+        return RegimeState(self.baseline.copy(), self.spread.copy(), self.level.copy(),
+                           self.deviation.copy(), self.run.copy(), self.side.copy(), self.started,
+                           self.changes)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"baseline": self.baseline.tolist(), "spread": self.spread.tolist(),
+                "level": self.level.tolist(), "deviation": self.deviation.tolist(),
+                "run": self.run.tolist(), "side": self.side.tolist(), "started": self.started,
+                "changes": self.changes}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> RegimeState:
+        return cls(*(np.asarray(data[k], np.float64) for k in ("baseline", "spread", "level", "deviation")),
+                   np.asarray(data["run"], np.int64), np.asarray(data["side"], np.float64),
+                   bool(data["started"]), int(data["changes"]))
+
+
+@dataclass
+class RegimeChange:
+    row: int                 # index into the rows passed to RegimeTracker.apply
+    features: list[int]      # feature columns that moved
+    ratio: list[float]       # new spread / training spread of each
+
+
+@dataclass
+class RegimeTracker:
+    adapt_steps: int
+    shift_z: float = 3.0
+    level_steps: int | None = None
+    states: dict[str, RegimeState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.adapt_steps < 1:
+            raise ValueError(f"adapt_steps must be >= 1, got {self.adapt_steps}")
+        steps = self.level_steps or max(3, self.adapt_steps // 10)
+        self._alpha = 2.0 / (steps + 1.0)
+
+    def apply(self, scaled: np.ndarray, device_ids: np.ndarray,
+              advance: np.ndarray | None = None) -> tuple[np.ndarray, list[RegimeChange]]:
+        """Inputs as the model should see them, and the regime changes among the rows.
+
+        Rows are ordered by device then time. ``advance`` marks the rows that move the state
+        on (default: all); the others (rows a live scorer already saw) are transformed with
+        the state as it is, so only new rows change it."""
+        out = np.asarray(scaled, np.float64).copy()
+        changes: list[RegimeChange] = []
+        if len(out) == 0:
+            return out.astype(np.float32), changes
+        advance = np.ones(len(out), bool) if advance is None else np.asarray(advance, bool)
+        starts = np.flatnonzero(np.r_[True, device_ids[1:] != device_ids[:-1]])
+        for a, b in zip(starts, np.r_[starts[1:], len(out)], strict=True):
+            device = str(device_ids[a])
+            state = self.states.get(device)
+            if state is None:
+                state = self.states[device] = RegimeState.fresh(out.shape[1])
+            for r in range(a, b):
+                if advance[r]:
+                    moved = self._step(state, out[r])
+                    if moved is not None:
+                        changes.append(RegimeChange(r, moved.tolist(), state.spread[moved].tolist()))
+                out[r] = (out[r] - state.baseline) / state.spread
+        return out.astype(np.float32), changes
+
+    def _step(self, state: RegimeState, z: np.ndarray) -> np.ndarray | None:
+        if not state.started:
+            state.level[:] = z
+            state.started = True
+        else:
+            state.level += self._alpha * (z - state.level)
+        state.deviation += self._alpha * (np.abs(z - state.level) - state.deviation)
+        offset = state.level - state.baseline
+        # the band is in the current spread (never below the training spread), so a noisy
+        # regime needs a larger move to count, and a return to a quiet level counts
+        beyond = np.abs(offset) > self.shift_z * np.maximum(state.deviation, 1.0)
+        side = np.sign(offset)
+        same = beyond & (side == state.side)
+        state.run = np.where(same, state.run + 1, np.where(beyond, 1, 0))
+        state.side = np.where(beyond, side, 0.0)
+        moved = np.flatnonzero(state.run >= self.adapt_steps)
+        if len(moved) == 0:
+            return None
+        state.baseline[moved] = state.level[moved]
+        state.spread[moved] = np.maximum(state.deviation[moved], 1.0)
+        state.run[moved] = 0
+        state.changes += 1
+        return moved

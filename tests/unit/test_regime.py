@@ -1,0 +1,138 @@
+"""Regime tracking: a device that moves to a new normal level raises one regime_change and
+is then judged against the new level; spikes, cycles and incidents shorter than the
+adaptation time never move the baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eyenet.config import EyeNetConfig
+from eyenet.detector import Detector
+from eyenet.live import LiveScorer
+from eyenet.regime import RegimeState, RegimeTracker
+from eyenet.streaming import StreamScorer
+from tests.helpers import Clock
+from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
+
+ADAPT_S = 120          # 1 s samples: 120 rows
+SHIFT_AT, SPIKE_AT, FEED = 100, 420, 600
+
+
+def devices(n: int) -> np.ndarray:
+    return np.array(["d"] * n, dtype=object)
+
+
+def test_a_held_step_moves_the_baseline_once_and_a_spike_never_does():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1, (800, 2))
+    z[100:110, 1] += 20.0          # a 10-row spike on feature 1
+    z[300:, 0] += 10.0             # feature 0 moves to a new level and stays
+    tracker = RegimeTracker(adapt_steps=100)
+    adapted, changes = tracker.apply(z, devices(len(z)))
+    assert [c.features for c in changes] == [[0]]
+    assert 300 + 100 <= changes[0].row <= 300 + 150    # after adapt_steps of the new level
+    assert abs(adapted[changes[0].row + 20:, 0].mean()) < 0.5   # judged against the new level
+    assert adapted[100:110, 1].min() > 15                        # the spike is untouched
+    np.testing.assert_allclose(adapted[:300], z[:300], atol=1e-5)
+
+
+def test_a_cycle_and_a_short_incident_are_not_regimes():
+    t = np.arange(3000)
+    z = np.c_[5.0 * np.sin(2 * np.pi * t / 200), np.zeros(len(t))]
+    z[1000:1080, 1] = 8.0           # an incident shorter than adapt_steps
+    _, changes = RegimeTracker(adapt_steps=120).apply(z, devices(len(z)))
+    assert changes == []
+
+
+def test_a_return_to_the_old_level_is_a_second_change():
+    z = np.zeros((1000, 1))
+    z[200:600, 0] = 12.0
+    _, changes = RegimeTracker(adapt_steps=100).apply(z, devices(len(z)))
+    assert len(changes) == 2 and changes[1].row > 600
+
+
+def test_state_carried_between_calls_equals_one_pass():
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 1, (600, 3))
+    z[200:, 2] -= 8.0
+    whole, whole_changes = RegimeTracker(adapt_steps=80).apply(z, devices(len(z)))
+    tracker = RegimeTracker(adapt_steps=80)
+    parts, rows = [], 0
+    for chunk in np.array_split(np.arange(600), 7):
+        out, changes = tracker.apply(z[chunk], devices(len(chunk)))
+        parts.append(out)
+        rows += sum(1 for _ in changes)
+    np.testing.assert_allclose(np.vstack(parts), whole, atol=1e-6)
+    assert rows == len(whole_changes) == 1
+    state = tracker.states["d"]
+    assert RegimeState.from_dict(state.to_dict()).to_dict() == state.to_dict()
+
+
+# -- through the detector, the stream scorer and the live scorer ------------------------------
+
+def shifted_feed() -> tuple[pd.DataFrame, np.ndarray]:
+    """r1 after training: cpu moves +60 (about 8 spreads) at SHIFT_AT s and stays; a latency
+    spike at SPIKE_AT s, inside the new regime."""
+    feed = telemetry(FEED, start_s=600, seed=4, devices=("r1",))
+    feed.loc[SHIFT_AT:, "cpu"] += 60.0
+    feed.loc[SPIKE_AT:SPIKE_AT + 4, "latency"] += 100.0
+    spike = np.zeros(len(feed), bool)
+    spike[SPIKE_AT:SPIKE_AT + 5] = True
+    return feed, spike
+
+
+@pytest.fixture(scope="module")
+def adaptive() -> Detector:
+    return Detector(config(kind="pca", adapt_after_s=ADAPT_S), METRICS, gap_s=5).fit(telemetry())
+
+
+def test_a_level_shift_alerts_then_scores_normal_and_a_spike_in_the_new_regime_is_found(adaptive):
+    feed, spike = shifted_feed()
+    rows = adaptive.score_rows(feed)
+    events = rows.regime_events()
+    assert len(events) == 1 and events[0][2] == ["cpu"]
+    adopted = int(np.flatnonzero(rows.features.timestamps_ms == events[0][1])[0])
+    assert SHIFT_AT + ADAPT_S <= adopted <= SHIFT_AT + 2 * ADAPT_S
+    assert rows.is_anomaly[SHIFT_AT + 10:adopted].mean() > 0.9       # the move itself alerts
+    settle = adopted + 2 * adaptive.config.smoothing                  # the error profile forgets
+    quiet = np.zeros(len(feed), bool)
+    quiet[settle:] = True
+    quiet[SPIKE_AT:SPIKE_AT + 4 * adaptive.config.smoothing] = False
+    assert rows.is_anomaly[quiet].mean() < 0.02
+    assert rows.is_anomaly[spike].all()
+    assert {t[0] for t in rows.top_features(np.flatnonzero(spike))} == {"latency"}
+
+
+def test_without_adaptation_the_new_level_alerts_for_ever(adaptive):
+    """The alert storm the tracker exists to end."""
+    import copy
+
+    fixed = copy.deepcopy(adaptive)
+    fixed.config.adapt_after_s = None
+    feed, _ = shifted_feed()
+    rows = fixed.score_rows(feed)
+    assert rows.regime_events() == []
+    assert rows.is_anomaly[SHIFT_AT + 10:].mean() > 0.9
+
+
+def test_the_stream_scorer_and_the_live_scorer_adapt_alike_and_leave_one_event(adaptive, tmp_path):
+    from eyenet.store import open_store
+
+    feed, _ = shifted_feed()
+    offline = adaptive.score(feed)
+    store = open_store(f"sqlite:///{tmp_path}/s.db")
+    cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], detector=adaptive.config.model_dump())
+    live = LiveScorer(adaptive, store, cfg, now_s=Clock())
+    parts = [live.score(rows)[0] for _, rows in feed.groupby(np.arange(len(feed)) // 25)]
+    streamed = pd.concat(parts, ignore_index=True)
+    np.testing.assert_array_equal(streamed["is_anomaly"].to_numpy(), offline["is_anomaly"].to_numpy())
+    events = store.list_events(device_id="r1")
+    kinds = sorted(e.kind for e in events)
+    regime = [e for e in events if e.kind == "regime_change"]
+    assert len(regime) == 1 and regime[0].metrics == ["cpu"]
+    # the anomaly episode the move opened became the regime_change event
+    assert regime[0].payload["anomaly_points"] > 0
+    assert kinds.count("anomaly") >= 1       # the spike in the new regime is its own episode
+    assert isinstance(live.stream, StreamScorer) and live.totals["regime_changes"] == 1
