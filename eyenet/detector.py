@@ -267,9 +267,12 @@ class Detector:
         """Scaled inputs judged against each device's current regime (see eyenet.regime), and
         the regime changes among the rows; ``tracker`` carries state between calls (the pool),
         a fresh one is used otherwise (offline scoring, from the first row given)."""
-        tracker = tracker or self.regime_tracker()
         if tracker is None:
-            return scaled, []
+            tracker = self.regime_tracker()
+            # a fresh tracker over fewer rows than a regime takes changes nothing (windows
+            # sent to Serve): skipped, as its state is thrown away
+            if tracker is None or not tracker.can_change(feats.device_ids):
+                return scaled, []
         return tracker.apply(scaled, feats.device_ids, advance)
 
     def scored_rows(self, feats: FeatureFrame, raw: np.ndarray, contrib: np.ndarray,

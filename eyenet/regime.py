@@ -86,6 +86,12 @@ class RegimeTracker:
         steps = self.level_steps or max(3, self.adapt_steps // 10)
         self._alpha = 2.0 / (steps + 1.0)
 
+    def can_change(self, device_ids: np.ndarray) -> bool:
+        """False when a fresh tracker could not see a regime change in these rows (fewer
+        rows per device than a regime takes): a stateless caller may skip it, exactly."""
+        _, counts = np.unique(np.asarray(device_ids, dtype=object).astype(str), return_counts=True)
+        return bool(self.states) or (len(counts) > 0 and int(counts.max()) >= self.adapt_steps)
+
     def apply(self, scaled: np.ndarray, device_ids: np.ndarray,
               advance: np.ndarray | None = None) -> tuple[np.ndarray, list[RegimeChange]]:
         """Inputs as the model should see them, and the regime changes among the rows.

@@ -136,3 +136,16 @@ def test_the_stream_scorer_and_the_live_scorer_adapt_alike_and_leave_one_event(a
     assert regime[0].payload["anomaly_points"] > 0
     assert kinds.count("anomaly") >= 1       # the spike in the new regime is its own episode
     assert isinstance(live.stream, StreamScorer) and live.totals["regime_changes"] == 1
+
+
+def test_a_fresh_tracker_over_too_few_rows_cannot_change_anything(adaptive):
+    """The stateless paths skip the tracker exactly: it could not have moved."""
+    z = np.random.default_rng(2).normal(0, 1, (50, 2)) + 30.0
+    tracker = RegimeTracker(adapt_steps=60)
+    assert not tracker.can_change(devices(len(z)))
+    out, changes = tracker.apply(z, devices(len(z)))
+    np.testing.assert_allclose(out, z, rtol=1e-6)
+    assert changes == [] and tracker.can_change(devices(1))  # it holds state now
+    feed, _ = shifted_feed()
+    window = feed.iloc[SHIFT_AT + 50:SHIFT_AT + 90]
+    assert adaptive.score_rows(window).regime_changes == []
