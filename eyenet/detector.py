@@ -48,7 +48,7 @@ from eyenet.features import (
     window_targets,
     windows_at,
 )
-from eyenet.regime import RegimeChange, RegimeTracker
+from eyenet.regime import RegimeChange, RegimeTracker, training_deviation
 from eyenet.scoring import Calibrator, smoothed_errors, top_features
 from eyenet.telemetry import DEVICE, TIMESTAMP, from_ms, parse_timestamps, to_ms
 from eyenet.training import FitResult, fit_in_process
@@ -127,6 +127,7 @@ class Detector:
         self.model: ErrorModel | None = None
         self.rule = DecisionRule(devices=dict(config.device_thresholds))
         self.sample_interval_s: float | None = None  # median spacing of the training history
+        self.regime_reference: np.ndarray | None = None  # training noise per feature (eyenet.regime)
         self.reference: dict[str, Any] = {}
         self.training: dict[str, Any] = {}
 
@@ -151,6 +152,7 @@ class Detector:
         spacing_ms = np.diff(feats.timestamps_ms)[same]
         self.sample_interval_s = float(np.median(spacing_ms)) / 1000.0 if len(spacing_ms) else self.gap_s
         scaled = self.scaler.transform(feats.values)
+        self.regime_reference = training_deviation(scaled[fit_rows])
         # held-out rows start new segments so no window mixes training and validation rows
         split = np.r_[False, val_rows[1:] != val_rows[:-1]]
         segments = np.cumsum(np.r_[True, np.diff(feats.segments) != 0] | split) - 1
@@ -260,7 +262,7 @@ class Detector:
             return None
         interval_s = self.sample_interval_s or self.gap_s
         steps = max(1, round(self.config.adapt_after_s / interval_s))
-        return RegimeTracker(steps, self.config.regime_shift_z)
+        return RegimeTracker(steps, self.config.regime_shift_z, self.regime_reference)
 
     def adapted(self, feats: FeatureFrame, scaled: np.ndarray, tracker: RegimeTracker | None = None,
                 advance: np.ndarray | None = None) -> tuple[np.ndarray, list[RegimeChange]]:
@@ -273,7 +275,7 @@ class Detector:
             # sent to Serve): skipped, as its state is thrown away
             if tracker is None or not tracker.can_change(feats.device_ids):
                 return scaled, []
-        return tracker.apply(scaled, feats.device_ids, advance)
+        return tracker.apply(scaled, feats.device_ids, advance, feats.timestamps_ms)
 
     def scored_rows(self, feats: FeatureFrame, raw: np.ndarray, contrib: np.ndarray,
                     scored: np.ndarray, regime_changes: list[RegimeChange] | None = None) -> ScoredRows:
@@ -344,6 +346,7 @@ class Detector:
                 "metrics": self.metrics, "gap_s": self.gap_s, "feature_names": self.feature_names,
                 "kind": self.model.kind, "model": self.model.state(),
                 "sample_interval_s": self.sample_interval_s,
+                "regime_reference": None if self.regime_reference is None else self.regime_reference.tolist(),
                 "scaler": self.scaler.to_dict(), "calibration": self.calibrator.to_dict(),
                 "thresholds": self.rule.to_dict(), "training": self.training}
         (path / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -366,6 +369,8 @@ class Detector:
             det.feature_names = meta["feature_names"]
             det.scaler = Scaler.from_dict(meta["scaler"])
             det.sample_interval_s = meta.get("sample_interval_s")
+            if meta.get("regime_reference") is not None:
+                det.regime_reference = np.asarray(meta["regime_reference"], np.float64)
             det.calibrator = Calibrator.from_dict(meta["calibration"])
             det.rule = DecisionRule.from_dict(meta.get("thresholds") or {})
             det.training, det.reference = meta.get("training", {}), reference

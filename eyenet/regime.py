@@ -5,11 +5,14 @@ new level and stays there (a new customer on a link, a service moved to another 
 every later point looks anomalous, and a detector that says so for the rest of time is an
 alert storm. The tracker follows each device's features causally in scaled units:
 
-* a smoothed level ``m`` (EWM over ``level_steps``) and spread ``d`` (EWM of ``|z - m|``);
-* a feature whose smoothed level stays more than ``shift_z`` current spreads away from its
-  baseline, on one side, for ``adapt_steps`` consecutive rows is in a new regime: its
-  baseline becomes the current level and its spread the current spread (never below the
-  training spread), and the change is reported (``regime_change``, naming the features);
+* a smoothed level ``m`` (EWM over ``level_steps``) and noise ``d`` (EWM of ``|z - m|``),
+  against each feature's noise in training (:func:`training_deviation`);
+* a feature whose smoothed level stays more than ``shift_z`` standard deviations of its
+  noise away from its baseline, on one side, or whose noise stays more than
+  ``SPREAD_FACTOR`` times the spread it is judged with, for ``adapt_steps`` consecutive
+  rows is in a new regime: its baseline becomes the current level and its spread the noise
+  now over training's (never below 1), and the change is reported (``regime_change``,
+  naming the features);
 * inputs reach the model as ``(z - baseline) / spread``: unchanged until a regime change,
   and judged against the new level after one.
 
@@ -28,6 +31,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Mean absolute deviation of a unit-variance normal variable: the deviation of training data
+# in scaled units, so deviation / NORMAL_DEVIATION is the spread in training spreads.
+NORMAL_DEVIATION = 0.8
+SPREAD_FACTOR = 2.0
+# A feature constant in training has no deviation; its noise is judged against this instead.
+MIN_DEVIATION = 0.05
+MAX_UNDO = 16
+
+
+def training_deviation(scaled: np.ndarray) -> np.ndarray:
+    """Each feature's mean absolute deviation from its training median, in scaled units:
+    what "normal noise" is for the tracker. Scaling by standard deviation leaves a spiky
+    metric (flat, with rare bursts) a deviation far below 1, and its bursts or a move of a
+    few standard deviations are many times its normal noise."""
+    return np.maximum(np.mean(np.abs(np.asarray(scaled, np.float64)), axis=0), MIN_DEVIATION)
+
 
 @dataclass
 class RegimeState:
@@ -41,6 +60,9 @@ class RegimeState:
     side: np.ndarray         # +1 / -1: which side the run is on
     started: bool = False
     changes: int = 0
+    # the last changes as (ms, features, baseline and spread before): rows a live scorer
+    # scored before a change are transformed as they were when it scored them
+    undo: list[tuple[int, list[int], list[float], list[float]]] = field(default_factory=list)
 
     @classmethod
     def fresh(cls, n_features: int) -> RegimeState:
@@ -51,19 +73,29 @@ class RegimeState:
     def copy(self) -> RegimeState:
         return RegimeState(self.baseline.copy(), self.spread.copy(), self.level.copy(),
                            self.deviation.copy(), self.run.copy(), self.side.copy(), self.started,
-                           self.changes)
+                           self.changes, list(self.undo))
 
     def to_dict(self) -> dict[str, object]:
         return {"baseline": self.baseline.tolist(), "spread": self.spread.tolist(),
                 "level": self.level.tolist(), "deviation": self.deviation.tolist(),
                 "run": self.run.tolist(), "side": self.side.tolist(), "started": self.started,
-                "changes": self.changes}
+                "changes": self.changes, "undo": [list(u) for u in self.undo]}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> RegimeState:
         return cls(*(np.asarray(data[k], np.float64) for k in ("baseline", "spread", "level", "deviation")),
                    np.asarray(data["run"], np.int64), np.asarray(data["side"], np.float64),
-                   bool(data["started"]), int(data["changes"]))
+                   bool(data["started"]), int(data["changes"]),
+                   [(int(u[0]), list(u[1]), list(u[2]), list(u[3])) for u in data.get("undo", [])])
+
+    def params_at(self, ts_ms: int) -> tuple[np.ndarray, np.ndarray]:
+        """(baseline, spread) in force at ``ts_ms``: now, less the changes made after it."""
+        baseline, spread = self.baseline.copy(), self.spread.copy()
+        for at_ms, features, old_baseline, old_spread in reversed(self.undo):
+            if at_ms <= ts_ms:
+                break
+            baseline[features], spread[features] = old_baseline, old_spread
+        return baseline, spread
 
 
 @dataclass
@@ -77,12 +109,16 @@ class RegimeChange:
 class RegimeTracker:
     adapt_steps: int
     shift_z: float = 3.0
+    # each feature's mean absolute deviation in training, scaled units (training_deviation)
+    reference: np.ndarray | None = None
     level_steps: int | None = None
     states: dict[str, RegimeState] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.adapt_steps < 1:
             raise ValueError(f"adapt_steps must be >= 1, got {self.adapt_steps}")
+        if self.reference is not None:
+            self.reference = np.maximum(np.asarray(self.reference, np.float64), MIN_DEVIATION)
         steps = self.level_steps or max(3, self.adapt_steps // 10)
         self._alpha = 2.0 / (steps + 1.0)
 
@@ -92,13 +128,14 @@ class RegimeTracker:
         _, counts = np.unique(np.asarray(device_ids, dtype=object).astype(str), return_counts=True)
         return bool(self.states) or (len(counts) > 0 and int(counts.max()) >= self.adapt_steps)
 
-    def apply(self, scaled: np.ndarray, device_ids: np.ndarray,
-              advance: np.ndarray | None = None) -> tuple[np.ndarray, list[RegimeChange]]:
+    def apply(self, scaled: np.ndarray, device_ids: np.ndarray, advance: np.ndarray | None = None,
+              ts_ms: np.ndarray | None = None) -> tuple[np.ndarray, list[RegimeChange]]:
         """Inputs as the model should see them, and the regime changes among the rows.
 
         Rows are ordered by device then time. ``advance`` marks the rows that move the state
-        on (default: all); the others (rows a live scorer already saw) are transformed with
-        the state as it is, so only new rows change it."""
+        on (default: all); the others (rows a live scorer already saw, before its new ones)
+        are transformed as they were at ``ts_ms``, so a window that spans a change gives the
+        numbers offline scoring gives."""
         out = np.asarray(scaled, np.float64).copy()
         changes: list[RegimeChange] = []
         if len(out) == 0:
@@ -111,33 +148,55 @@ class RegimeTracker:
             if state is None:
                 state = self.states[device] = RegimeState.fresh(out.shape[1])
             for r in range(a, b):
-                if advance[r]:
-                    moved = self._step(state, out[r])
-                    if moved is not None:
-                        changes.append(RegimeChange(r, moved.tolist(), state.spread[moved].tolist()))
+                if not advance[r]:
+                    baseline, spread = (state.baseline, state.spread) if ts_ms is None or not state.undo \
+                        else state.params_at(int(ts_ms[r]))
+                    out[r] = (out[r] - baseline) / spread
+                    continue
+                before = (state.baseline.copy(), state.spread.copy())
+                moved = self._step(state, out[r])
+                if moved is not None:
+                    changes.append(RegimeChange(r, moved.tolist(), state.spread[moved].tolist()))
+                    if ts_ms is not None:
+                        undo = (int(ts_ms[r]), moved.tolist(), before[0][moved].tolist(),
+                                before[1][moved].tolist())
+                        state.undo = [*state.undo[-(MAX_UNDO - 1):], undo]
                 out[r] = (out[r] - state.baseline) / state.spread
         return out.astype(np.float32), changes
 
     def _step(self, state: RegimeState, z: np.ndarray) -> np.ndarray | None:
+        reference = self._reference(len(z))
         if not state.started:
             state.level[:] = z
+            state.deviation[:] = reference
             state.started = True
         else:
             state.level += self._alpha * (z - state.level)
         state.deviation += self._alpha * (np.abs(z - state.level) - state.deviation)
+        # noise now, in multiples of training's (the spread a new regime is judged with)
+        ratio = state.deviation / reference
+        # the band: shift_z standard deviations of the noise the regime is judged with
+        noise = state.spread * reference / NORMAL_DEVIATION
         offset = state.level - state.baseline
-        # the band is in the current spread (never below the training spread), so a noisy
-        # regime needs a larger move to count, and a return to a quiet level counts
-        beyond = np.abs(offset) > self.shift_z * np.maximum(state.deviation, 1.0)
+        beyond = np.abs(offset) > self.shift_z * noise
         side = np.sign(offset)
         same = beyond & (side == state.side)
-        state.run = np.where(same, state.run + 1, np.where(beyond, 1, 0))
+        # noise several times (or, after a noisy regime, a fraction of) the spread judged
+        # against is a regime too, level shift or not
+        spread_moved = (ratio > SPREAD_FACTOR * state.spread) | \
+                       ((state.spread > 1.0) & (np.maximum(ratio, 1.0) * SPREAD_FACTOR < state.spread))
+        state.run = np.where(same | (spread_moved & ~beyond), state.run + 1, np.where(beyond, 1, 0))
         state.side = np.where(beyond, side, 0.0)
         moved = np.flatnonzero(state.run >= self.adapt_steps)
         if len(moved) == 0:
             return None
         state.baseline[moved] = state.level[moved]
-        state.spread[moved] = np.maximum(state.deviation[moved], 1.0)
+        state.spread[moved] = np.maximum(ratio[moved], 1.0)
         state.run[moved] = 0
         state.changes += 1
         return moved
+
+    def _reference(self, n_features: int) -> np.ndarray:
+        if self.reference is None:
+            return np.full(n_features, NORMAL_DEVIATION)
+        return self.reference

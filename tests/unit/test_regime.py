@@ -11,7 +11,7 @@ import pytest
 from eyenet.config import EyeNetConfig
 from eyenet.detector import Detector
 from eyenet.live import LiveScorer
-from eyenet.regime import RegimeState, RegimeTracker
+from eyenet.regime import RegimeState, RegimeTracker, training_deviation
 from eyenet.streaming import StreamScorer
 from tests.helpers import Clock
 from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
@@ -68,6 +68,36 @@ def test_state_carried_between_calls_equals_one_pass():
     assert rows == len(whole_changes) == 1
     state = tracker.states["d"]
     assert RegimeState.from_dict(state.to_dict()).to_dict() == state.to_dict()
+
+
+def test_a_spiky_metric_is_judged_by_its_own_noise_not_its_standard_deviation():
+    """Flat with rare bursts in training: its standard deviation (the scale) is mostly the
+    bursts. A move of 3 standard deviations is then 20 times its normal noise: a regime."""
+    rng = np.random.default_rng(3)
+    train = np.where(rng.random(5000) < 0.02, 6.0, 0.0) + rng.normal(0, 0.1, 5000)
+    train = (train - np.median(train)) / train.std()
+    reference = training_deviation(train[:, None])
+    assert reference[0] < 0.3
+    live = np.r_[train[:500], 3.0 + rng.normal(0, 0.6, 1500)][:, None]
+    tracker = RegimeTracker(adapt_steps=200, reference=reference)
+    out, changes = tracker.apply(live, devices(len(live)))
+    assert len(changes) == 1 and 700 <= changes[0].row <= 900
+    assert abs(out[changes[0].row + 50:, 0].mean()) < 1.0
+    # without its own noise as reference (the standard-normal guess), the move stays under the band
+    _, unaware = RegimeTracker(adapt_steps=200).apply(live, devices(len(live)))
+    assert unaware == []
+
+
+def test_noise_alone_several_times_training_is_a_regime_and_its_end_another():
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 1, (3000, 1))
+    z[500:2000] *= 6.0
+    tracker = RegimeTracker(adapt_steps=300, reference=np.array([0.8]))
+    out, changes = tracker.apply(z, devices(len(z)))
+    assert [c.row for c in changes][0] in range(800, 1000)
+    assert changes[0].ratio[0] > 4.0
+    assert np.std(out[1100:1900, 0]) < 2.0          # judged with the new spread
+    assert len(changes) == 2 and changes[1].row > 2000   # back to quiet, back to spread 1
 
 
 # -- through the detector, the stream scorer and the live scorer ------------------------------
