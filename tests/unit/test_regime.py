@@ -94,7 +94,7 @@ def test_noise_alone_several_times_training_is_a_regime_and_its_end_another():
     z[500:2000] *= 6.0
     tracker = RegimeTracker(adapt_steps=300, reference=np.array([0.8]))
     out, changes = tracker.apply(z, devices(len(z)))
-    assert [c.row for c in changes][0] in range(800, 1000)
+    assert changes[0].row in range(800, 1000)
     assert changes[0].ratio[0] > 4.0
     assert np.std(out[1100:1900, 0]) < 2.0          # judged with the new spread
     assert len(changes) == 2 and changes[1].row > 2000   # back to quiet, back to spread 1
