@@ -184,6 +184,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_pipeline_bench(_load(args), devices=args.devices, seconds=args.seconds,
                                     devices_per_actor=args.devices_per_actor,
                                     feature_actors=args.feature_actors)
+    elif args.what == "fleet":
+        from jobs.bench_fleet import run_fleet_bench
+
+        result = run_fleet_bench(_load(args), devices=args.devices, train_devices=args.train_devices,
+                                 incident_devices=args.incident_devices)
     elif args.what == "train":
         from jobs.bench_train import run_train_bench
 
@@ -313,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", parents=[common], help="benchmarks; prints figures (and ratios)")
-    p.add_argument("what", choices=["store", "train", "pipeline", "serve"], help="what to measure")
+    p.add_argument("what", choices=["store", "train", "pipeline", "serve", "fleet"], help="what to measure")
     p.add_argument("--clients", type=int, default=16, help="serve: concurrent HTTP clients")
     p.add_argument("--seconds", type=float, default=60.0,
                    help="pipeline: how long to run live; serve: per target (default 15)")
@@ -330,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=20_000, help="train: rows of synthetic history")
     p.add_argument("--metrics", type=int, default=38, help="train: metrics per row")
     p.add_argument("--epochs", type=int, default=3, help="train: epochs of each loop")
+    p.add_argument("--train-devices", type=int, default=40, help="fleet: devices the model trains on")
+    p.add_argument("--incident-devices", type=int, default=100,
+                   help="fleet: unseen devices given one incident each")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -38,8 +38,10 @@ METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 RESERVED_METRIC_NAMES = {"device_id", "timestamp", "label", "ts_ms", "_id"}
 # Mapping-valued settings: read as JSON from the environment, leaves for source tracking.
 DICT_FIELDS = ("metric_max", "device_thresholds")
+# List-valued settings: JSON or comma-separated text from the environment.
+LIST_FIELDS = ("metrics", "counter_metrics", "log_metrics", "ensemble_members")
 OPTIONAL_FIELDS = ("max_gap_s", "webhook_url", "smoothing_steps", "rolling_s", "max_train_time_s",
-                   "buffer_samples", "adapt_after_s")
+                   "buffer_samples", "adapt_after_s", "log_metrics")
 STORE_SCHEMES = ("sqlite:///", "mongodb://", "mongodb+srv://")
 
 
@@ -156,6 +158,13 @@ class DetectorConfig(_Section):
     subsequence_steps: int = Field(
         5, ge=1, le=200, description="rows of one subsequence for pca and kmeans (<= window_steps)")
     kmeans_clusters: int = Field(20, ge=1, le=1000, description="centroids of kind kmeans")
+    learn_s: float = Field(
+        86400.0, gt=0, description="a device the model never saw is learning (scored, never "
+                                   "alerting) for its first this many seconds, then judged in "
+                                   "its own scale")
+    log_metrics: list[str] | None = Field(
+        None, description="metrics scaled as log1p per device (heavy-tailed, multiplicative); "
+                          "default: the counter metrics and latency")
     adapt_after_s: float | None = Field(
         86400.0, gt=0, description="a metric whose level stays beyond regime_shift_z spreads of its "
                                    "baseline this long is a new normal: one regime_change, then "
@@ -297,6 +306,13 @@ class EyeNetConfig(_Section):
                 f"window_s ({self.window_s}) must be >= sample_interval_s ({self.sample_interval_s})")
         return self
 
+    @model_validator(mode="after")
+    def _log_metrics_default(self) -> EyeNetConfig:
+        if self.detector.log_metrics is None:  # rates from counters and latency are multiplicative
+            latency = ["latency"] if "latency" in self.metrics else []
+            self.detector.log_metrics = [*self.counter_metrics, *latency]
+        return self
+
     def metric_limit(self, metric: str) -> float:
         """Largest plausible value of ``metric`` (a rate for counters)."""
         if metric in self.metric_max:
@@ -393,7 +409,7 @@ def _check_env_path(key: str, parts: list[str]) -> None:
 def _parse_env_value(key: str, parts: list[str], raw: str) -> Any:
     field = parts[-1]
     text = raw.strip()
-    if field in ("metrics", "counter_metrics"):
+    if field in LIST_FIELDS:
         if text.startswith("["):
             return _json(key, text)
         return [item.strip() for item in text.split(",") if item.strip()]

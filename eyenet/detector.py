@@ -30,6 +30,7 @@ import torch
 from eyenet.artifacts import load_weights
 from eyenet.config import DetectorConfig
 from eyenet.decision import DecisionRule
+from eyenet.device_scaling import ColdStart, DeviceScaler, ScaledRows
 from eyenet.error_models import (
     IN_PROCESS_KINDS,
     EnsembleModel,
@@ -91,6 +92,7 @@ class ScoredRows:
     feature_names: list[str]
     top_k: int
     regime_changes: list[RegimeChange] = field(default_factory=list)
+    learning: np.ndarray | None = None   # bool: the device was still learning its scale
 
     def regime_events(self) -> list[tuple[str, int, list[str]]]:
         """(device, ms, feature names) of each regime change among the rows."""
@@ -107,6 +109,7 @@ class ScoredRows:
                             "threshold": self.threshold[rows], "is_anomaly": self.is_anomaly[rows],
                             "top_features": tops})
         out["top_feature"] = [t[0] if t else "" for t in tops]
+        out["learning"] = np.zeros(len(rows), bool) if self.learning is None else self.learning[rows]
         return out
 
     def top_features(self, rows: np.ndarray) -> list[list[str]]:
@@ -122,7 +125,7 @@ class Detector:
         self.metrics = list(metrics)
         self.gap_s = float(gap_s)
         self.feature_names: list[str] = []
-        self.scaler: Scaler | None = None
+        self.scaling: DeviceScaler | None = None
         self.calibrator: Calibrator | None = None
         self.model: ErrorModel | None = None
         self.rule = DecisionRule(devices=dict(config.device_thresholds))
@@ -144,14 +147,16 @@ class Detector:
         fit_rows = ~feats.flagged
         if not fit_rows.any():
             raise TelemetryError("no unflagged training rows left to fit the scaler on")
-        # The scaler sees the whole training history, held-out tail included: a metric that
-        # only starts moving late in training must not look like a 50-sigma event to the
-        # calibration (test data never reaches it).
-        self.scaler = Scaler.fit(feats.values[fit_rows])
+        # Each device's scaling sees its whole training history, held-out tail included: a
+        # metric that only starts moving late in training must not look like a 50-sigma
+        # event to the calibration (test data never reaches it).
+        logged = set(cfg.log_metrics or []) & set(self.metrics)
+        log_features = np.array([n in logged for n in feats.names], bool)
+        self.scaling = DeviceScaler.fit(feats.values[fit_rows], feats.device_ids[fit_rows], log_features)
         same = np.diff(feats.segments) == 0
         spacing_ms = np.diff(feats.timestamps_ms)[same]
         self.sample_interval_s = float(np.median(spacing_ms)) / 1000.0 if len(spacing_ms) else self.gap_s
-        scaled = self.scaler.transform(feats.values)
+        scaled = self.scaled(feats).scaled
         self.regime_reference = training_deviation(scaled[fit_rows])
         # held-out rows start new segments so no window mixes training and validation rows
         split = np.r_[False, val_rows[1:] != val_rows[:-1]]
@@ -188,7 +193,7 @@ class Detector:
         if cfg.needs_network and result is None:
             raise TelemetryError(f"detector kind {cfg.kind!r} needs trained network weights")
         val = data.features.select(np.flatnonzero(data.val_rows))
-        val_scaled = self.adapted(val, self.scaler.transform(val.values))[0]
+        val_scaled = self.adapted(val, self.scaled(val).scaled)[0]
         scored = np.zeros(len(val), bool)
         scored[window_targets(val.segments, cfg.window_steps)] = True
         # rows whose window or smoothing memory holds a labelled incident are not normal
@@ -252,9 +257,21 @@ class Detector:
         that wants a few rows (the newest of each window) uses without building a frame."""
         self.require_fitted()
         feats = self.features(frame)
-        inputs, changes = self.adapted(feats, self.scaler.transform(feats.values))
-        raw, contrib, scored = self._raw_scores(feats, inputs, feats.segments)
-        return self.scored_rows(feats, raw, contrib, scored, changes)
+        rows = self.scaled(feats)
+        inputs, changes = self.adapted(feats, rows.scaled, advance=~rows.learning)
+        raw, contrib, scored = self._raw_scores(feats, inputs, rows.segments)
+        return self.scored_rows(feats, raw, contrib, scored, changes, rows.learning)
+
+    def cold_start(self, lookup: Any = None) -> ColdStart:
+        """A learner of unseen devices' statistics (``lookup``: device -> DeviceStats saved
+        earlier, or None); a live scorer keeps one, offline scoring starts a fresh one."""
+        return ColdStart(self.scaling, self.config.learn_s, lookup)
+
+    def scaled(self, feats: FeatureFrame, cold: ColdStart | None = None,
+               advance: np.ndarray | None = None) -> ScaledRows:
+        """Each row scaled by its device's statistics (see eyenet.device_scaling)."""
+        cold = cold or self.cold_start()
+        return cold.apply(feats.values, feats.device_ids, feats.timestamps_ms, feats.segments, advance)
 
     def regime_tracker(self) -> RegimeTracker | None:
         """A fresh tracker of each device's regime (None when ``adapt_after_s`` is null)."""
@@ -278,13 +295,16 @@ class Detector:
         return tracker.apply(scaled, feats.device_ids, advance, feats.timestamps_ms)
 
     def scored_rows(self, feats: FeatureFrame, raw: np.ndarray, contrib: np.ndarray,
-                    scored: np.ndarray, regime_changes: list[RegimeChange] | None = None) -> ScoredRows:
-        """Calibrated scores, thresholds and flags from raw scores and contributions."""
+                    scored: np.ndarray, regime_changes: list[RegimeChange] | None = None,
+                    learning: np.ndarray | None = None) -> ScoredRows:
+        """Calibrated scores, thresholds and flags from raw scores and contributions; a
+        device still learning its statistics is scored and never alerts."""
         score = np.where(scored, self.calibrate(raw), 0.0)
         thresholds = self.rule.thresholds(feats.device_ids)
-        return ScoredRows(feats, score, raw, thresholds, self.rule.decide(score, scored, thresholds),
-                          contrib, scored, self.feature_names, self.config.top_k_features,
-                          regime_changes or [])
+        learning = np.zeros(len(score), bool) if learning is None else learning
+        decision = self.rule.decide(score, scored, thresholds) & ~learning
+        return ScoredRows(feats, score, raw, thresholds, decision, contrib, scored, self.feature_names,
+                          self.config.top_k_features, regime_changes or [], learning)
 
     def _raw_scores(self, feats: FeatureFrame, scaled: np.ndarray, segments: np.ndarray,
                     model: ErrorModel | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -331,7 +351,7 @@ class Detector:
         return self.calibrator(np.nan_to_num(raw))
 
     def require_fitted(self) -> None:
-        if self.model is None or self.scaler is None or self.calibrator is None:
+        if self.model is None or self.scaling is None or self.calibrator is None:
             raise TelemetryError("the detector is not fitted: call fit() or load() first")
 
     # -- persistence ------------------------------------------------------------------------
@@ -347,7 +367,7 @@ class Detector:
                 "kind": self.model.kind, "model": self.model.state(),
                 "sample_interval_s": self.sample_interval_s,
                 "regime_reference": None if self.regime_reference is None else self.regime_reference.tolist(),
-                "scaler": self.scaler.to_dict(), "calibration": self.calibrator.to_dict(),
+                "scaling": self.scaling.to_dict(), "calibration": self.calibrator.to_dict(),
                 "thresholds": self.rule.to_dict(), "training": self.training}
         (path / META_FILE).write_text(json.dumps(meta, indent=1))
         (path / REFERENCE_FILE).write_text(json.dumps(self.reference))
@@ -367,7 +387,8 @@ class Detector:
         try:
             det = cls(DetectorConfig.model_validate(meta["config"]), meta["metrics"], meta["gap_s"])
             det.feature_names = meta["feature_names"]
-            det.scaler = Scaler.from_dict(meta["scaler"])
+            det.scaling = DeviceScaler.from_dict(meta["scaling"]) if "scaling" in meta else \
+                DeviceScaler(Scaler.from_dict(meta["scaler"]), {}, np.zeros(len(det.feature_names), bool))
             det.sample_interval_s = meta.get("sample_interval_s")
             if meta.get("regime_reference") is not None:
                 det.regime_reference = np.asarray(meta["regime_reference"], np.float64)

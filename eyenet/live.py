@@ -27,6 +27,7 @@ import pandas as pd
 
 from eyenet.config import EyeNetConfig
 from eyenet.detector import Detector
+from eyenet.device_scaling import load_learned, save_learned
 from eyenet.drift import bin_counts
 from eyenet.features import metric_of
 from eyenet.monitoring import LatencyWindow, ScoreSummary
@@ -74,7 +75,9 @@ class LiveScorer:
                  model_version: int | None = None, now_s: Callable[[], float] = time.time) -> None:
         self.detector, self.store, self.config = detector, store, config
         self.model_version = model_version
-        self.stream = StreamScorer(detector, config.streaming.buffer_samples)
+        # unseen devices learn their scale once; what they learned is kept in the store
+        self.stream = StreamScorer(detector, config.streaming.buffer_samples,
+                                   lookup=lambda d: load_learned(store, d, detector.feature_names))
         self._now_s = now_s
         self.episodes: dict[str, _Episode] = {}
         self.sample_age_ms = LatencyWindow(config.monitor.latency_window_s, now_s)
@@ -97,6 +100,9 @@ class LiveScorer:
                 self.sample_age_ms.add(float(age), at_s=done)
             if polled_at_s is not None:
                 self.poll_to_score_ms.add((done - polled_at_s) * 1000.0, at_s=done)
+        for device, stats in self.stream.last_learned:
+            save_learned(self.store, device, self.detector.feature_names, stats)
+            self.totals["devices_learned"] += 1
         anomalies = self._anomalies(scores, done)
         self._regime_changes(done)
         self._close_quiet_episodes(scores, done)

@@ -18,12 +18,14 @@ offline from an older value the buffer no longer holds, and is missing here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from eyenet.detector import Detector
+from eyenet.device_scaling import DeviceStats
 from eyenet.features import window_targets
 from eyenet.telemetry import DEVICE, TIMESTAMP, from_ms, parse_timestamps, to_ms
 
@@ -51,7 +53,8 @@ class StreamScorer:
     stored but not re-scored, see :meth:`update`).
     """
 
-    def __init__(self, detector: Detector, buffer_rows: int | None = None) -> None:
+    def __init__(self, detector: Detector, buffer_rows: int | None = None,
+                 lookup: Callable[[str], DeviceStats | None] | None = None) -> None:
         detector.require_fitted()
         self.detector = detector
         self.metrics = list(detector.metrics)
@@ -62,6 +65,9 @@ class StreamScorer:
         # each device's regime, carried between calls (None when adaptation is off)
         self.regimes = detector.regime_tracker()
         self.last_regime_changes: list[tuple[str, int, list[str]]] = []
+        # unseen devices' scale, learned from their first samples (lookup: learned earlier)
+        self.cold = detector.cold_start(lookup)
+        self.last_learned: list[tuple[str, DeviceStats]] = []
         self._devices: dict[str, _DeviceState] = {}
         # unscaled features of the rows the last update scored (drift tracking reads them)
         self.last_features = np.empty((0, len(detector.feature_names)), np.float32)
@@ -91,7 +97,7 @@ class StreamScorer:
         device has already had scored. Returns Detector.score's columns for those rows;
         older rows (late arrivals) are left out, as their neighbours were already scored."""
         self.last_features = np.empty((0, len(self.detector.feature_names)), np.float32)
-        self.last_regime_changes = []
+        self.last_regime_changes, self.last_learned = [], []
         if samples.empty:
             return self._empty()
         ts_ms = to_ms(parse_timestamps(samples[TIMESTAMP])).to_numpy()
@@ -104,10 +110,13 @@ class StreamScorer:
         feats = self.detector.features(frame)
         last_ms = np.array([self._devices[d].last_scored_ms or -1 for d in feats.device_ids])
         new = feats.timestamps_ms > last_ms
-        # only new rows move a device's regime; buffered rows take its current state
-        scaled, changes = self.detector.adapted(feats, self.detector.scaler.transform(feats.values),
-                                                self.regimes, advance=new)
-        targets = window_targets(feats.segments, self.window)
+        # only new rows teach an unseen device its scale or move a device's regime
+        scaling = self.detector.scaled(feats, self.cold, advance=new)
+        self.last_learned = [(d, self.cold.learned[d]) for d in scaling.learned]
+        scaled, changes = self.detector.adapted(feats, scaling.scaled, self.regimes,
+                                                advance=new & ~scaling.learning)
+        segments = scaling.segments
+        targets = window_targets(segments, self.window)
         is_target = np.zeros(len(feats), bool)
         is_target[targets] = True
         point_contrib, point_raw = self.detector.point_errors(scaled, np.flatnonzero(is_target & new))
@@ -117,10 +126,10 @@ class StreamScorer:
         if point_raw is not None:
             raw[is_target & new] = point_raw
         if self.smoothed:
-            self._smooth(feats.device_ids, feats.segments, feats.timestamps_ms, new, contrib, raw)
+            self._smooth(feats.device_ids, segments, feats.timestamps_ms, new, contrib, raw)
         rows = np.flatnonzero(new)
         self.last_features = feats.values[rows]
-        scored = self.detector.scored_rows(feats, raw, contrib, is_target, changes)
+        scored = self.detector.scored_rows(feats, raw, contrib, is_target, changes, scaling.learning)
         self.last_regime_changes = scored.regime_events()
         out = scored.frame(rows)
         self._trim(out)

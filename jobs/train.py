@@ -126,7 +126,7 @@ def store_chunk_dataset(store_uri: str, detector: Detector, devices: list[str], 
             if len(frame) <= window:
                 continue
             feats = detector.features(frame)
-            scaled = detector.scaler.transform(feats.values)
+            scaled = detector.scaled(feats).scaled
             targets = window_targets(feats.segments, window, feats.flagged)
             targets = targets[feats.timestamps_ms[targets] >= start]
             xs.append(windows_at(scaled, targets, window))

@@ -31,7 +31,7 @@ METRICS = ["cpu", "memory", "latency"]
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 WINDOW = 8
 OUTPUT_COLUMNS = ["device_id", "timestamp", "score", "raw_score", "threshold", "is_anomaly",
-                  "top_features", "top_feature"]
+                  "top_features", "top_feature", "learning"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -344,8 +344,10 @@ def test_training_skips_windows_touching_labelled_rows():
     assert not targets & set(range(100, 105 + WINDOW))  # every window touching it goes
     assert 105 + WINDOW in targets                      # and the first clean one after it is back
     np.testing.assert_array_equal(data.train_targets, clean_data.train_targets)
-    np.testing.assert_array_equal(det.scaler.center, clean.scaler.center)
-    np.testing.assert_array_equal(det.scaler.scale, clean.scaler.scale)
+    np.testing.assert_array_equal(det.scaling.fleet.center, clean.scaling.fleet.center)
+    np.testing.assert_array_equal(det.scaling.fleet.scale, clean.scaling.fleet.scale)
+    for device, own in clean.scaling.devices.items():
+        np.testing.assert_array_equal(det.scaling.devices[device].center, own.center)
     assert det.reference == clean.reference
 
 
@@ -442,7 +444,7 @@ def test_load_of_an_inconsistent_detector_is_an_artifact_error(detector, tmp_pat
     path = detector.save(tmp_path / "model")
     meta = json.loads((path / META_FILE).read_text())
     if damage == "drop_scaler":
-        del meta["scaler"]
+        del meta["scaling"]
     else:
         meta["feature_names"] = ["cpu"]
     (path / META_FILE).write_text(json.dumps(meta))

@@ -65,7 +65,7 @@ def test_the_ensemble_scores_its_members_in_threshold_units(fitted):
     assert [m.kind for m in ensemble.model.members] == ["lstm", "pca", "kmeans"]
     frame, _ = test_frame()
     feats = ensemble.features(frame)
-    scaled = ensemble.scaler.transform(feats.values)
+    scaled = ensemble.scaled(feats).scaled
     targets = np.arange(WINDOW_TARGET, WINDOW_TARGET + 20)
     combined, _ = ensemble.point_errors(scaled, targets)
     parts = [m.point_errors(scaled, targets, ensemble.config.window_steps)[0] / s
