@@ -252,20 +252,22 @@ class Detector:
             own = pd.MultiIndex.from_arrays([feats.device_ids, feats.timestamps_ms]).isin(frame_keys)
         return rows.frame(np.flatnonzero(own))
 
-    def score_rows(self, frame: pd.DataFrame) -> ScoredRows:
+    def score_rows(self, frame: pd.DataFrame, cold: ColdStart | None = None) -> ScoredRows:
         """:meth:`score`'s numbers as arrays, rows ordered by device then time: what a caller
-        that wants a few rows (the newest of each window) uses without building a frame."""
+        that wants a few rows (the newest of each window) uses without building a frame.
+        ``cold``: where unseen devices' learned scales come from (default: a fresh learner)."""
         self.require_fitted()
         feats = self.features(frame)
-        rows = self.scaled(feats)
+        rows = self.scaled(feats, cold)
         inputs, changes = self.adapted(feats, rows.scaled, advance=~rows.learning)
         raw, contrib, scored = self._raw_scores(feats, inputs, rows.segments)
         return self.scored_rows(feats, raw, contrib, scored, changes, rows.learning)
 
-    def cold_start(self, lookup: Any = None) -> ColdStart:
+    def cold_start(self, lookup: Any = None, alias: Any = None) -> ColdStart:
         """A learner of unseen devices' statistics (``lookup``: device -> DeviceStats saved
-        earlier, or None); a live scorer keeps one, offline scoring starts a fresh one."""
-        return ColdStart(self.scaling, self.config.learn_s, lookup)
+        earlier, or None; ``alias``: row key -> device); a live scorer keeps one, offline
+        scoring starts a fresh one."""
+        return ColdStart(self.scaling, self.config.learn_s, lookup, alias)
 
     def scaled(self, feats: FeatureFrame, cold: ColdStart | None = None,
                advance: np.ndarray | None = None) -> ScaledRows:

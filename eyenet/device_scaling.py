@@ -139,13 +139,16 @@ class ColdStart:
     scaler: DeviceScaler
     learn_s: float
     lookup: Callable[[str], DeviceStats | None] | None = None
+    # the device a row key names (Serve keys each window apart: "<index>\x1f<device>")
+    alias: Callable[[str], str] | None = None
     learned: dict[str, DeviceStats] = field(default_factory=dict)
     pending: dict[str, _Moments] = field(default_factory=dict)
 
-    def stats(self, device: str) -> DeviceStats | None:
+    def stats(self, key: str) -> DeviceStats | None:
+        device = self.alias(key) if self.alias is not None else key
         if device in self.scaler.devices:
             return DeviceStats(self.scaler.devices[device])
-        if device not in self.learned and device not in self.pending and self.lookup is not None:
+        if device not in self.learned and key not in self.pending and self.lookup is not None:
             found = self.lookup(device)
             if found is not None:
                 self.learned[device] = found

@@ -16,18 +16,20 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
 from eyenet.detector import Detector
+from eyenet.device_scaling import DeviceStats, load_learned
 from eyenet.errors import RequestError
 from eyenet.store import Store
 from eyenet.telemetry import DEVICE, TIMESTAMP, parse_timestamps, to_ms
 
 MAX_WINDOWS_PER_REQUEST = 1000
+JUDGED, LEARNING = "judged", "learning"
 
 
 class PredictRequest(BaseModel):
@@ -62,6 +64,9 @@ class Prediction(BaseModel):
     model_version: int | None
     timestamp: str
     top_features: list[str]
+    state: Literal["judged", "learning"] = Field(
+        description="learning: a device the model never saw, still learning its scale (scored, "
+                    "never alerting); judged otherwise")
 
 
 @dataclass
@@ -215,10 +220,14 @@ def predict_devices(service: InferenceService, windows: LiveWindows, device_ids:
 class InferenceService:
     """A loaded production detector and the request rules around it."""
 
-    def __init__(self, detector: Detector, model_version: int | None, sample_interval_s: float = 1.0) -> None:
+    def __init__(self, detector: Detector, model_version: int | None, sample_interval_s: float = 1.0,
+                 store: Store | None = None) -> None:
         detector.require_fitted()
         self.detector = detector
         self.model_version = model_version
+        # scales the feature pool learned for devices the model never saw (kept in the store)
+        self._learned: dict[str, DeviceStats] = {}
+        self.store = store
         self.min_rows = detector.config.window_steps + 1
         self.checker = WindowChecker(detector.metrics, self.min_rows, sample_interval_s)
 
@@ -234,18 +243,35 @@ class InferenceService:
         # scored in one call; the newest row of window i is then row cumsum(lengths)[i] - 1
         keys = np.array([f"{i:09d}\x1f{name}" for i, name in enumerate(checked.names)], dtype=object)
         frame = checked.frame(self.detector.metrics, np.repeat(keys, checked.lengths))
-        rows = self.detector.score_rows(frame)
+        cold = self.detector.cold_start(self._learned_scale, alias=lambda key: key.split("\x1f", 1)[1])
+        rows = self.detector.score_rows(frame, cold)
         last = np.cumsum(checked.lengths) - 1
         if not np.array_equal(rows.features.device_ids[last], keys):
             raise RequestError("a window's rows are not in time order", "windows")
         stamps = pd.to_datetime(rows.features.timestamps_ms[last], unit="ms", utc=True)
+        states = np.where(rows.learning[last], LEARNING, JUDGED)
         return BatchScores([{"device_id": name, "is_anomaly": bool(flag), "anomaly_score": float(score),
                              "threshold": float(threshold), "model_version": self.model_version,
-                             "timestamp": stamp.isoformat(), "top_features": top}
-                            for name, flag, score, threshold, stamp, top in zip(
+                             "timestamp": stamp.isoformat(), "top_features": top, "state": str(state)}
+                            for name, flag, score, threshold, stamp, top, state in zip(
                                 checked.names, rows.is_anomaly[last], rows.score[last], rows.threshold[last],
-                                stamps, rows.top_features(last), strict=True)],
+                                stamps, rows.top_features(last), states, strict=True)],
                            rows.features.values[last])
+
+    def device_states(self, device_ids: Sequence[str]) -> dict[str, str]:
+        """``judged`` for devices with a scale (trained, or learned by the pool), else
+        ``learning``."""
+        known = self.detector.scaling.devices
+        return {d: JUDGED if d in known or self._learned_scale(d) is not None else LEARNING
+                for d in device_ids}
+
+    def _learned_scale(self, device: str) -> DeviceStats | None:
+        """A scale the feature pool learned for ``device``, kept once found."""
+        if device not in self._learned and self.store is not None:
+            found = load_learned(self.store, device, self.detector.feature_names)
+            if found is not None:
+                self._learned[device] = found
+        return self._learned.get(device)
 
     def score_frames(self, frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
         """Score telemetry frames (one window each) as :meth:`score_checked` does."""

@@ -61,13 +61,20 @@ def anomaly_points(detector: Detector, devices: Iterable[Any], ts_ms: Iterable[A
 def batch_summary(detector: Detector, device_ids: list[str],
                   anomalies: list[tuple[str, int, float, list[str]]], features: np.ndarray,
                   latency_ms: float, n_windows: int, model_version: int | None,
-                  sent_at_s: float) -> ScoreSummary:
-    """One scored batch for the monitor (live scoring and the Serve replicas send the same)."""
+                  sent_at_s: float, learning: Iterable[bool] | None = None) -> ScoreSummary:
+    """One scored batch for the monitor (live scoring and the Serve replicas send the same);
+    ``learning`` per entry of ``device_ids``: that row's device was still learning its scale."""
     counts = bin_counts(features, detector.feature_names, detector.reference)
+    flags = list(learning) if learning is not None else [False] * len(device_ids)
+    states: dict[str, bool] = {}
+    for device, is_learning in zip(device_ids, flags, strict=True):
+        states[str(device)] = bool(is_learning)  # the newest row of a device says where it stands
     return ScoreSummary(sent_at_s=sent_at_s, latency_ms=latency_ms, n_windows=n_windows,
                         device_counts=dict(Counter(device_ids)), anomalies=anomalies,
                         feature_counts={k: v.tolist() for k, v in counts.items()},
-                        model_version=model_version)
+                        model_version=model_version,
+                        learning_devices=sorted(d for d, x in states.items() if x),
+                        judged_devices=sorted(d for d, x in states.items() if not x))
 
 
 class LiveScorer:
@@ -107,7 +114,7 @@ class LiveScorer:
         self._regime_changes(done)
         self._close_quiet_episodes(scores, done)
         summary = batch_summary(self.detector, scores[DEVICE].tolist(), anomalies, self.stream.last_features,
-                                latency_ms, windows, self.model_version, done)
+                                latency_ms, windows, self.model_version, done, scores["learning"].tolist())
         return scores, summary
 
     def _anomalies(self, scores: pd.DataFrame, now_s: float) -> list[tuple[str, int, float, list[str]]]:

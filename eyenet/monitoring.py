@@ -59,6 +59,10 @@ class ScoreSummary:
     anomalies: list[tuple[str, int, float, list[str]]] = field(default_factory=list)
     feature_counts: dict[str, list[int]] = field(default_factory=dict)
     model_version: int | None = None
+    # devices of the batch scored as learning (never seen in training, still learning
+    # their scale) and devices judged: the monitor shows which devices are learning
+    learning_devices: list[str] = field(default_factory=list)
+    judged_devices: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -98,6 +102,7 @@ class Monitor:
         self._period = _Period(now_s())
         self.counts = {"summaries": 0, "windows_scored": 0, "anomalies": 0, "drift_skipped": 0,
                        "bad_latency": 0}
+        self.learning: dict[str, float] = {}  # device -> when last seen learning
         self.restored_drift = self._restore(store.get_state(STATE_KEY) or {})
         self.alerts.recover()
 
@@ -118,6 +123,10 @@ class Monitor:
             self._period.windows += int(summary.n_windows)
             scored, anomalous = self._rate_bucket(now)
             scored.update({str(d): int(n) for d, n in summary.device_counts.items()})
+            for device in summary.judged_devices:
+                self.learning.pop(str(device), None)
+            for device in summary.learning_devices:
+                self.learning[str(device)] = now
             cap = max(MAX_POINTS_PER_DEVICE, self.config.alerts.anomaly_min_points)
             for device_id, _ts_ms, _score, metrics in summary.anomalies:
                 device_id = str(device_id)
@@ -192,7 +201,9 @@ class Monitor:
                     "drift_samples": self.drift.sample_counts(),
                     "open_alerts": [_event_dict(e) for e in self.alerts.open_alerts()],
                     "alerts": self.alerts.stats(), "sinks": _sink_stats(self.alerts.sinks),
-                    "counts": dict(self.counts), "model_version": self.model_version}
+                    "counts": dict(self.counts), "model_version": self.model_version,
+                    "learning_devices": {"count": len(self.learning),
+                                         "devices": sorted(self.learning)[:top_n]}}
 
     def set_reference(self, reference: dict[str, Any] | None, model_version: int | None) -> None:
         """A new production model: drift restarts against its reference (old bins are moot)."""

@@ -207,4 +207,5 @@ class StreamScorer:
         return pd.DataFrame({DEVICE: pd.Series(dtype=object), TIMESTAMP: from_ms([]),
                              "score": pd.Series(dtype=float), "raw_score": pd.Series(dtype=float),
                              "threshold": pd.Series(dtype=float), "is_anomaly": pd.Series(dtype=bool),
-                             "top_features": pd.Series(dtype=object), "top_feature": pd.Series(dtype=object)})
+                             "top_features": pd.Series(dtype=object), "top_feature": pd.Series(dtype=object),
+                             "learning": pd.Series(dtype=bool)})

@@ -79,7 +79,7 @@ class DetectorReplica:
 
     def _load(self, version: int | None) -> None:
         detector, version = load_production(self.config, version=version)
-        service = InferenceService(detector, version, self.config.sample_interval_s)
+        service = InferenceService(detector, version, self.config.sample_interval_s, self.store)
         warm = pd.DataFrame({"device_id": "warmup",
                              "timestamp": pd.date_range("2024-01-01", periods=service.min_rows, freq="1s",
                                                         tz="UTC"),
@@ -148,7 +148,8 @@ class DetectorReplica:
                                        [p["top_features"] for p in flagged])
             monitor.record.remote(batch_summary(detector, [p["device_id"] for p in batch.predictions],
                                                 anomalies, batch.newest_features, latency_ms,
-                                                len(batch.predictions), service.model_version, time.time()))
+                                                len(batch.predictions), service.model_version, time.time(),
+                                                [p["state"] == "learning" for p in batch.predictions]))
         except Exception as exc:  # monitoring is best effort; scoring already succeeded
             self._monitor_handle = None
             log.warning("could not report to the monitor: %s", exc)
@@ -183,6 +184,9 @@ class DetectorReplica:
     async def predict(self, device_id: str) -> dict[str, Any]:
         return await self._predict_batch(device_id)
 
+    def device_states(self, device_ids: list[str]) -> dict[str, str]:
+        return self.service.device_states(device_ids)
+
     def model_version(self) -> int | None:
         return self.service.model_version
 
@@ -199,6 +203,10 @@ class IngressBackend(StoreViews):
 
     async def predict(self, device_id: str) -> dict[str, Any]:
         return _accepted(await self.detector.predict.remote(device_id))
+
+    async def devices(self) -> list[dict[str, Any]]:
+        ids = [d.device_id for d in self.store.list_devices()]
+        return self.device_rows(await self.detector.device_states.remote(ids))
 
     async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
         if self.checker is None:

@@ -45,9 +45,14 @@ class StoreViews:
     def models(self) -> list[dict[str, Any]]:
         return jsonable([v.to_dict() for v in self.registry.list(self.model_name)])
 
-    def devices(self) -> list[dict[str, Any]]:
-        return jsonable([{"device_id": d.device_id, "n_samples": d.n_samples, "first_ts": d.first_ts,
-                          "last_ts": d.last_ts} for d in self.store.list_devices()])
+    def device_rows(self, states: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """The store's devices; with ``states`` (device -> state under the served model)."""
+        rows = [{"device_id": d.device_id, "n_samples": d.n_samples, "first_ts": d.first_ts,
+                 "last_ts": d.last_ts} for d in self.store.list_devices()]
+        if states is not None:
+            for row in rows:
+                row["state"] = states.get(row["device_id"], "learning")
+        return jsonable(rows)
 
     def anomalies(self, device_id: str | None, limit: int) -> list[dict[str, Any]]:
         events = self.store.list_events(device_id=device_id, kind="anomaly", limit=limit)
@@ -88,6 +93,10 @@ class LocalBackend(StoreViews):
 
     async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
         return self.service.score(request)
+
+    async def devices(self) -> list[dict[str, Any]]:
+        ids = [d.device_id for d in self.store.list_devices()]
+        return self.device_rows(self.service.device_states(ids))
 
 
 __all__ = ["LocalBackend", "RequestError", "StoreViews"]

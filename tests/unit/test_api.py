@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from eyenet.config import EyeNetConfig
 from eyenet.detector import Detector
 from eyenet.errors import EyeNetError, RequestError, StoreConnectionError
-from eyenet.inference import InferenceService, predict_devices
+from eyenet.inference import InferenceService, ScoreRequest, predict_devices
 from eyenet.registry import ModelRegistry
 from eyenet.store import Event, open_store
 from serve_app.api import create_app
@@ -47,7 +47,7 @@ def promoted_store(tmp_path, detector, **settings):
 def setup(tmp_path, detector):
     cfg, store, mv, live = promoted_store(tmp_path, detector)
     store.upsert_event(Event(kind="anomaly", message="m", device_id="r1", metrics=["cpu"]))
-    backend = LocalBackend(cfg, store, InferenceService(detector, mv.version, cfg.sample_interval_s))
+    backend = LocalBackend(cfg, store, InferenceService(detector, mv.version, cfg.sample_interval_s, store))
     return cfg, store, backend, live
 
 
@@ -84,7 +84,8 @@ def test_predict_scores_the_stored_live_window(setup, detector):
     want = detector.score(live.tail(rows)).iloc[-1]
     got = response.json()
     assert set(got) == {"device_id", "is_anomaly", "anomaly_score", "threshold", "model_version",
-                        "timestamp", "top_features"}
+                        "timestamp", "top_features", "state"}
+    assert got["state"] == "judged"  # r1 is a trained device
     assert got["anomaly_score"] == pytest.approx(want["score"], abs=1e-6)
     assert pd.Timestamp(got["timestamp"]) == live["timestamp"].iloc[-1]
 
@@ -111,6 +112,7 @@ def test_read_endpoints(setup):
     assert c.get("/v1/health").json() == {"ok": True, "store": "ok", "production_model": 1}
     assert [m["state"] for m in c.get("/v1/models").json()] == ["production"]
     assert c.get("/v1/devices").json()[0]["device_id"] == "r1"
+    assert c.get("/v1/devices").json()[0]["state"] == "judged"  # a trained device
     assert c.get("/v1/anomalies", params={"device_id": "r1"}).json()[0]["metrics"] == ["cpu"]
     assert c.get("/v1/report", params={"since": "2h"}).json()["kind"] == "report"
     assert "/v1/score" in c.get("/openapi.json").json()["paths"]
@@ -311,3 +313,25 @@ def test_a_detector_replica_refuses_windows_checked_against_another_model(tmp_pa
             assert refused["refused"]["status"] == 409 and "retry" in refused["refused"]["message"]
     finally:
         replica._stop.set()
+
+
+def test_a_device_the_model_never_saw_is_learning_until_the_pool_has_learned_its_scale(tmp_path, detector):
+    """/v1/score and /v1/predict say 'learning' (and never alert) for an unseen device, and
+    judge it in its own scale once the feature pool has saved what it learned."""
+    from eyenet.device_scaling import DeviceStats, save_learned
+    from eyenet.features import Scaler
+
+    cfg, store, mv, _ = promoted_store(tmp_path, detector)
+    service = InferenceService(detector, mv.version, cfg.sample_interval_s, store)
+    frame = telemetry(60, start_s=900, devices=("stranger",))
+    frame.loc[frame.index[-3:], "latency"] += 100.0           # an obvious spike at the end
+    window = window_body(frame, device="stranger")
+    first = service.score(ScoreRequest(windows=[window]))[0]
+    assert first["state"] == "learning" and not first["is_anomaly"]
+    # the pool learned the device's scale: the training fleet's, as this device is like them
+    fleet = detector.scaling.fleet
+    save_learned(store, "stranger", detector.feature_names,
+                 DeviceStats(Scaler(fleet.center.copy(), fleet.scale.copy()), 1))
+    later = InferenceService(detector, mv.version, cfg.sample_interval_s, store).score(
+        ScoreRequest(windows=[window]))[0]
+    assert later["state"] == "judged" and later["is_anomaly"]

@@ -38,7 +38,8 @@ schema.config.generation.update(allow_extra_parameters=False, deterministic=True
 @pytest.fixture(scope="module", autouse=True)
 def backend(tmp_path_factory, detector):  # noqa: F811
     cfg, store, mv, _ = promoted_store(tmp_path_factory.mktemp("schema"), detector)
-    _Backend.target = LocalBackend(cfg, store, InferenceService(detector, mv.version, cfg.sample_interval_s))
+    service = InferenceService(detector, mv.version, cfg.sample_interval_s, store)
+    _Backend.target = LocalBackend(cfg, store, service)
     yield
     _Backend.target = None
 

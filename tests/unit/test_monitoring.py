@@ -279,3 +279,18 @@ def test_report_averages_drift_per_feature(store, reference: dict) -> None:
         assert drift["per_feature"][name] == pytest.approx((a[name] + b[name]) / 2)
     assert drift["overall"] == pytest.approx(np.mean(list(drift["per_feature"].values())))
     json.dumps(monitor.stats())
+
+
+def test_the_monitor_shows_which_devices_are_learning(tmp_path):
+    """A device reported learning is listed until a batch judges it."""
+    from eyenet.store import open_store
+
+    clock = Clock()
+    store = open_store(f"sqlite:///{tmp_path}/m.db")
+    monitor = Monitor(EyeNetConfig(), store, None, sinks=[], now_s=clock)
+    monitor.record(ScoreSummary(sent_at_s=clock(), latency_ms=1.0, n_windows=2,
+                                device_counts={"a": 1, "b": 1}, learning_devices=["a", "b"]))
+    assert monitor.stats()["learning_devices"] == {"count": 2, "devices": ["a", "b"]}
+    monitor.record(ScoreSummary(sent_at_s=clock(), latency_ms=1.0, n_windows=1,
+                                device_counts={"a": 1}, judged_devices=["a"]))
+    assert monitor.stats()["learning_devices"] == {"count": 1, "devices": ["b"]}
