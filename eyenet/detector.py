@@ -252,14 +252,16 @@ class Detector:
             own = pd.MultiIndex.from_arrays([feats.device_ids, feats.timestamps_ms]).isin(frame_keys)
         return rows.frame(np.flatnonzero(own))
 
-    def score_rows(self, frame: pd.DataFrame, cold: ColdStart | None = None) -> ScoredRows:
+    def score_rows(self, frame: pd.DataFrame, cold: ColdStart | None = None,
+                   regimes: RegimeTracker | None = None) -> ScoredRows:
         """:meth:`score`'s numbers as arrays, rows ordered by device then time: what a caller
         that wants a few rows (the newest of each window) uses without building a frame.
-        ``cold``: where unseen devices' learned scales come from (default: a fresh learner)."""
+        ``cold``: where unseen devices' learned scales come from, ``regimes``: devices'
+        regimes (default: a fresh learner and tracker, from the frame's first rows)."""
         self.require_fitted()
         feats = self.features(frame)
         rows = self.scaled(feats, cold)
-        inputs, changes = self.adapted(feats, rows.scaled, advance=~rows.learning)
+        inputs, changes = self.adapted(feats, rows.scaled, regimes, advance=~rows.learning)
         raw, contrib, scored = self._raw_scores(feats, inputs, rows.segments)
         return self.scored_rows(feats, raw, contrib, scored, changes, rows.learning)
 
@@ -275,13 +277,16 @@ class Detector:
         cold = cold or self.cold_start()
         return cold.apply(feats.values, feats.device_ids, feats.timestamps_ms, feats.segments, advance)
 
-    def regime_tracker(self) -> RegimeTracker | None:
-        """A fresh tracker of each device's regime (None when ``adapt_after_s`` is null)."""
+    def regime_tracker(self, lookup: Any = None, alias: Any = None,
+                       frozen: bool = False) -> RegimeTracker | None:
+        """A tracker of each device's regime (None when ``adapt_after_s`` is null); see
+        :class:`eyenet.regime.RegimeTracker` for ``lookup``, ``alias`` and ``frozen``."""
         if self.config.adapt_after_s is None:
             return None
         interval_s = self.sample_interval_s or self.gap_s
         steps = max(1, round(self.config.adapt_after_s / interval_s))
-        return RegimeTracker(steps, self.config.regime_shift_z, self.regime_reference)
+        return RegimeTracker(steps, self.config.regime_shift_z, self.regime_reference, lookup=lookup,
+                             alias=alias, frozen=frozen)
 
     def adapted(self, feats: FeatureFrame, scaled: np.ndarray, tracker: RegimeTracker | None = None,
                 advance: np.ndarray | None = None) -> tuple[np.ndarray, list[RegimeChange]]:

@@ -25,10 +25,14 @@ from pydantic import BaseModel, Field
 from eyenet.detector import Detector
 from eyenet.device_scaling import DeviceStats, load_learned
 from eyenet.errors import RequestError
+from eyenet.regime import RegimeState, load_regime
 from eyenet.store import Store
 from eyenet.telemetry import DEVICE, TIMESTAMP, parse_timestamps, to_ms
 
 MAX_WINDOWS_PER_REQUEST = 1000
+# How long a replica trusts a device's regime as read from the store (the pool changes it
+# at most once per adapt_after_s).
+REGIME_TTL_S = 30.0
 JUDGED, LEARNING = "judged", "learning"
 
 
@@ -227,6 +231,7 @@ class InferenceService:
         self.model_version = model_version
         # scales the feature pool learned for devices the model never saw (kept in the store)
         self._learned: dict[str, DeviceStats] = {}
+        self._regimes: dict[str, tuple[float, RegimeState | None]] = {}
         self.store = store
         self.min_rows = detector.config.window_steps + 1
         self.checker = WindowChecker(detector.metrics, self.min_rows, sample_interval_s)
@@ -243,8 +248,12 @@ class InferenceService:
         # scored in one call; the newest row of window i is then row cumsum(lengths)[i] - 1
         keys = np.array([f"{i:09d}\x1f{name}" for i, name in enumerate(checked.names)], dtype=object)
         frame = checked.frame(self.detector.metrics, np.repeat(keys, checked.lengths))
-        cold = self.detector.cold_start(self._learned_scale, alias=lambda key: key.split("\x1f", 1)[1])
-        rows = self.detector.score_rows(frame, cold)
+        device_of = _window_device
+        cold = self.detector.cold_start(self._learned_scale, alias=device_of)
+        # each device judged in the regime the feature pool keeps for it (never moved here)
+        regimes = self.detector.regime_tracker(self._regime, alias=device_of, frozen=True) \
+            if self.store is not None else None
+        rows = self.detector.score_rows(frame, cold, regimes)
         last = np.cumsum(checked.lengths) - 1
         if not np.array_equal(rows.features.device_ids[last], keys):
             raise RequestError("a window's rows are not in time order", "windows")
@@ -265,6 +274,15 @@ class InferenceService:
         return {d: JUDGED if d in known or self._learned_scale(d) is not None else LEARNING
                 for d in device_ids}
 
+    def _regime(self, device: str) -> RegimeState | None:
+        """The regime the pool keeps for ``device``, re-read at most every REGIME_TTL_S."""
+        now = time.monotonic()
+        cached = self._regimes.get(device)
+        if cached is None or now - cached[0] > REGIME_TTL_S:
+            found = load_regime(self.store, device, self.detector.feature_names)
+            cached = self._regimes[device] = (now, found)
+        return cached[1].copy() if cached[1] is not None else None
+
     def _learned_scale(self, device: str) -> DeviceStats | None:
         """A scale the feature pool learned for ``device``, kept once found."""
         if device not in self._learned and self.store is not None:
@@ -284,3 +302,8 @@ class InferenceService:
 
     def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
         return self.score_checked(self.checker.check(request))
+
+
+def _window_device(key: str) -> str:
+    """The device a window key (``<index>\x1f<device>``) names."""
+    return key.split("\x1f", 1)[1]

@@ -31,6 +31,7 @@ from eyenet.device_scaling import load_learned, save_learned
 from eyenet.drift import bin_counts
 from eyenet.features import metric_of
 from eyenet.monitoring import LatencyWindow, ScoreSummary
+from eyenet.regime import load_regime, save_regime
 from eyenet.store import Event, Store
 from eyenet.streaming import StreamScorer
 from eyenet.telemetry import DEVICE, TIMESTAMP, to_ms
@@ -84,7 +85,8 @@ class LiveScorer:
         self.model_version = model_version
         # unseen devices learn their scale once; what they learned is kept in the store
         self.stream = StreamScorer(detector, config.streaming.buffer_samples,
-                                   lookup=lambda d: load_learned(store, d, detector.feature_names))
+                                   lookup=lambda d: load_learned(store, d, detector.feature_names),
+                                   regime_lookup=lambda d: load_regime(store, d, detector.feature_names))
         self._now_s = now_s
         self.episodes: dict[str, _Episode] = {}
         self.sample_age_ms = LatencyWindow(config.monitor.latency_window_s, now_s)
@@ -128,6 +130,8 @@ class LiveScorer:
 
     def _regime_changes(self, now_s: float) -> None:
         for device, ts_ms, features in self.stream.last_regime_changes:
+            # kept for a restarted pool and for Serve, which judge the device as the pool does
+            save_regime(self.store, device, self.detector.feature_names, self.stream.regimes.states[device])
             named = list(dict.fromkeys(metric_of(f, self.detector.metrics) for f in features))
             episode = self.episodes.pop(device, None)
             start_ms = episode.start_ms if episode is not None else ts_ms

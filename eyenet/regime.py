@@ -27,7 +27,9 @@ the feature pool (state carried per device between calls), so both decide alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -113,6 +115,12 @@ class RegimeTracker:
     reference: np.ndarray | None = None
     level_steps: int | None = None
     states: dict[str, RegimeState] = field(default_factory=dict)
+    # a device's state kept earlier (the store), asked for on its first row
+    lookup: Callable[[str], RegimeState | None] | None = None
+    # the device a row key names (Serve keys each window apart)
+    alias: Callable[[str], str] | None = None
+    # frozen: apply each device's regime as found, never move it (Serve follows the pool)
+    frozen: bool = False
 
     def __post_init__(self) -> None:
         if self.adapt_steps < 1:
@@ -124,7 +132,10 @@ class RegimeTracker:
 
     def can_change(self, device_ids: np.ndarray) -> bool:
         """False when a fresh tracker could not see a regime change in these rows (fewer
-        rows per device than a regime takes): a stateless caller may skip it, exactly."""
+        rows per device than a regime takes): a stateless caller may skip it, exactly. A
+        tracker that looks regimes up always applies them."""
+        if self.lookup is not None:
+            return True
         _, counts = np.unique(np.asarray(device_ids, dtype=object).astype(str), return_counts=True)
         return bool(self.states) or (len(counts) > 0 and int(counts.max()) >= self.adapt_steps)
 
@@ -141,11 +152,19 @@ class RegimeTracker:
         if len(out) == 0:
             return out.astype(np.float32), changes
         advance = np.ones(len(out), bool) if advance is None else np.asarray(advance, bool)
+        if self.frozen:
+            advance = np.zeros(len(out), bool)
         starts = np.flatnonzero(np.r_[True, device_ids[1:] != device_ids[:-1]])
         for a, b in zip(starts, np.r_[starts[1:], len(out)], strict=True):
-            device = str(device_ids[a])
+            device = str(device_ids[a]) if self.alias is None else self.alias(str(device_ids[a]))
             state = self.states.get(device)
+            if state is None and self.lookup is not None:
+                state = self.lookup(device)
+                if state is not None:
+                    self.states[device] = state
             if state is None:
+                if self.frozen:  # no regime kept for it: judged against training, as is
+                    continue
                 state = self.states[device] = RegimeState.fresh(out.shape[1])
             for r in range(a, b):
                 if not advance[r]:
@@ -200,3 +219,19 @@ class RegimeTracker:
         if self.reference is None:
             return np.full(n_features, NORMAL_DEVIATION)
         return self.reference
+
+
+# -- regimes in the store: the pool keeps them, a restarted pool and Serve read them ---------
+def regime_key(device_id: str) -> str:
+    return f"regime/{device_id}"
+
+
+def save_regime(store: Any, device_id: str, feature_names: list[str], state: RegimeState) -> None:
+    store.put_state(regime_key(device_id), {"features": list(feature_names), **state.to_dict()})
+
+
+def load_regime(store: Any, device_id: str, feature_names: list[str]) -> RegimeState | None:
+    saved = store.get_state(regime_key(device_id))
+    if not saved or saved.get("features") != list(feature_names):
+        return None
+    return RegimeState.from_dict(saved)

@@ -27,6 +27,7 @@ import pandas as pd
 from eyenet.detector import Detector
 from eyenet.device_scaling import DeviceStats
 from eyenet.features import window_targets
+from eyenet.regime import RegimeState
 from eyenet.telemetry import DEVICE, TIMESTAMP, from_ms, parse_timestamps, to_ms
 
 # Extra rows kept beyond one window, so a sample's window survives small reorderings.
@@ -54,7 +55,8 @@ class StreamScorer:
     """
 
     def __init__(self, detector: Detector, buffer_rows: int | None = None,
-                 lookup: Callable[[str], DeviceStats | None] | None = None) -> None:
+                 lookup: Callable[[str], DeviceStats | None] | None = None,
+                 regime_lookup: Callable[[str], RegimeState | None] | None = None) -> None:
         detector.require_fitted()
         self.detector = detector
         self.metrics = list(detector.metrics)
@@ -63,7 +65,7 @@ class StreamScorer:
         self.decay = 1.0 - 2.0 / (detector.config.smoothing + 1.0)
         self.smoothed = detector.smoothed  # a classifier's probability is not smoothed
         # each device's regime, carried between calls (None when adaptation is off)
-        self.regimes = detector.regime_tracker()
+        self.regimes = detector.regime_tracker(regime_lookup)
         self.last_regime_changes: list[tuple[str, int, list[str]]] = []
         # unseen devices' scale, learned from their first samples (lookup: learned earlier)
         self.cold = detector.cold_start(lookup)

@@ -179,3 +179,29 @@ def test_a_fresh_tracker_over_too_few_rows_cannot_change_anything(adaptive):
     feed, _ = shifted_feed()
     window = feed.iloc[SHIFT_AT + 50:SHIFT_AT + 90]
     assert adaptive.score_rows(window).regime_changes == []
+
+
+def test_serve_judges_a_window_in_the_regime_the_pool_keeps(adaptive, tmp_path):
+    """The pool saves each regime change in the store; a Serve replica's scoring of the
+    device's live window then follows it (and a restarted pool picks it up)."""
+    from eyenet.inference import CheckedWindows, InferenceService
+    from eyenet.regime import load_regime
+    from eyenet.store import open_store
+
+    feed, _ = shifted_feed()
+    store = open_store(f"sqlite:///{tmp_path}/s.db")
+    cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], detector=adaptive.config.model_dump())
+    live = LiveScorer(adaptive, store, cfg, now_s=Clock())
+    before_spike = feed.iloc[:SPIKE_AT - 20]
+    for _, rows in before_spike.groupby(np.arange(len(before_spike)) // 25):
+        live.score(rows)
+    saved = load_regime(store, "r1", adaptive.feature_names)
+    assert saved is not None and saved.changes == 1
+    window = before_spike.tail(adaptive.config.window_steps + 1 + adaptive.config.smoothing)
+    checked = CheckedWindows.from_frame(window, ["r1"], [len(window)], METRICS)
+    following = InferenceService(adaptive, 1, store=store).score_checked(checked)[0]
+    unaware = InferenceService(adaptive, 1).score_checked(checked)[0]
+    assert not following["is_anomaly"] and unaware["is_anomaly"]
+    restarted = LiveScorer(adaptive, store, cfg, now_s=Clock())
+    restarted.score(feed.iloc[SPIKE_AT - 20:SPIKE_AT - 19])
+    assert restarted.stream.regimes.states["r1"].changes == 1
