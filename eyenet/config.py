@@ -185,7 +185,7 @@ class DetectorConfig(_Section):
     patience_epochs: int = Field(10, ge=1, description="stop after this many epochs without improvement")
     min_delta: float = Field(1e-4, ge=0.0, description="smallest validation-loss gain that counts")
     max_train_time_s: float | None = Field(
-        180.0, gt=0, description="stop after the epoch that crosses this much training time, "
+        60.0, gt=0, description="stop after the epoch that crosses this much training time, "
                                  "keeping the best weights; null for no limit")
     validation_fraction: float = Field(
         0.2, gt=0.0, lt=0.9, description="last share of each device's training history held "
