@@ -91,8 +91,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from jobs.detect import run_detect
 
     summary = run_detect(args.train, args.test, args.out, _load(args), **_train_kw(args))
-    print(f"wrote {summary['rows']} rows ({summary['anomalies']} anomalous) to {summary['out']} "
-          f"in {summary['seconds']:.0f} s")
+    print(f"wrote {summary['rows']} rows ({summary['anomalies']} anomalous, {summary['regime_changes']} "
+          f"regime changes) to {summary['out']} in {summary['seconds']:.0f} s")
     return 0
 
 
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, metavar="CSV", help="timestamp + metric columns")
     p.add_argument("--test", required=True, metavar="CSV", help="same metric columns")
     p.add_argument("--out", required=True, metavar="CSV",
-                   help="written: timestamp,score,is_anomaly,top_feature")
+                   help="written: timestamp,score,is_anomaly,top_feature,regime_change")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("train", parents=[common, training],

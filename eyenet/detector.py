@@ -110,6 +110,9 @@ class ScoredRows:
                             "top_features": tops})
         out["top_feature"] = [t[0] if t else "" for t in tops]
         out["learning"] = np.zeros(len(rows), bool) if self.learning is None else self.learning[rows]
+        # the features whose new level was adopted at this row (space-separated), else ""
+        adopted = {c.row: " ".join(self.feature_names[f] for f in c.features) for c in self.regime_changes}
+        out["regime_change"] = [adopted.get(int(r), "") for r in rows]
         return out
 
     def top_features(self, rows: np.ndarray) -> list[list[str]]:

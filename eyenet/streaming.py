@@ -210,4 +210,4 @@ class StreamScorer:
                              "score": pd.Series(dtype=float), "raw_score": pd.Series(dtype=float),
                              "threshold": pd.Series(dtype=float), "is_anomaly": pd.Series(dtype=bool),
                              "top_features": pd.Series(dtype=object), "top_feature": pd.Series(dtype=object),
-                             "learning": pd.Series(dtype=bool)})
+                             "learning": pd.Series(dtype=bool), "regime_change": pd.Series(dtype=object)})

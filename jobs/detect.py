@@ -3,7 +3,7 @@
 ``eyenet detect --train TRAIN.csv --test TEST.csv --out OUT.csv``. Training goes through
 the same Ray Train path as ``eyenet train``. The test file is scored with the end of the
 training file as context, so its first rows get a full window when the two are
-contiguous. OUT (``timestamp,score,is_anomaly,top_feature``, in the test file's row order)
+contiguous. OUT (``timestamp,score,is_anomaly,top_feature,regime_change``, in the test file's row order)
 is written to a temporary file and renamed, so a failure never leaves half a file.
 """
 
@@ -80,7 +80,8 @@ def run_detect(train_csv: str, test_csv: str, out_csv: str, config: EyeNetConfig
     out = pd.DataFrame({"timestamp": rows[TIMESTAMP].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").to_numpy(),
                         "score": rows["score"].round(6).to_numpy(),
                         "is_anomaly": rows["is_anomaly"].astype(int).to_numpy(),
-                        "top_feature": rows["top_feature"].to_numpy()})
+                        "top_feature": rows["top_feature"].to_numpy(),
+                        "regime_change": rows["regime_change"].to_numpy()})
     fd, tmp = tempfile.mkstemp(prefix=".eyenet-detect-", suffix=".csv", dir=out_dir)
     os.close(fd)
     try:
@@ -90,6 +91,7 @@ def run_detect(train_csv: str, test_csv: str, out_csv: str, config: EyeNetConfig
         Path(tmp).unlink(missing_ok=True)
         raise
     return {"out": str(out_csv), "rows": len(out), "anomalies": int(out["is_anomaly"].sum()),
+            "regime_changes": int((out["regime_change"] != "").sum()),
             "metrics": len(metrics), "train_rows": len(train), "seconds": time.perf_counter() - started,
             "training": detector.training, **extra}
 

@@ -120,7 +120,7 @@ def test_detect_cli_writes_one_row_per_test_row_in_order(tmp_path):
                  "--out", str(tmp_path / "out.csv"), "--config", str(tmp_path / "cfg.yaml")])
     assert code == 0
     out = pd.read_csv(tmp_path / "out.csv")
-    assert list(out.columns) == ["timestamp", "score", "is_anomaly", "top_feature"]
+    assert list(out.columns) == ["timestamp", "score", "is_anomaly", "top_feature", "regime_change"]
     assert len(out) == len(test)
     assert (pd.to_datetime(out["timestamp"]) == pd.to_datetime(test["timestamp"]).to_numpy()).all()
     assert out["score"].between(0, 1).all() and set(out["is_anomaly"]) <= {0, 1}

@@ -31,7 +31,7 @@ METRICS = ["cpu", "memory", "latency"]
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 WINDOW = 8
 OUTPUT_COLUMNS = ["device_id", "timestamp", "score", "raw_score", "threshold", "is_anomaly",
-                  "top_features", "top_feature", "learning"]
+                  "top_features", "top_feature", "learning", "regime_change"]
 
 
 @pytest.fixture(autouse=True, scope="module")

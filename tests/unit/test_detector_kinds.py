@@ -133,3 +133,23 @@ def test_baselines_are_detectors_that_flag_a_spike(model):
     raw = out["raw_score"].to_numpy()
     assert raw[50:55].min() > np.nanquantile(raw[100:], 0.99)
     assert out["is_anomaly"].to_numpy()[50:55].all()
+
+
+@pytest.mark.parametrize("kind", ["pca", "kmeans", "ensemble"])
+def test_every_kind_passes_the_registry_and_the_promotion_gate(fitted, kind, tmp_path):
+    """A kind without a network (no weights.pt) registers, passes the replay gate, is
+    fetched and loads as the same kind."""
+    from eyenet.config import EyeNetConfig
+    from eyenet.gates import promotion_gates
+    from eyenet.registry import ModelRegistry
+    from eyenet.store import open_store
+
+    cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], store_uri=f"sqlite:///{tmp_path}/e.db",
+                       artifact_root=str(tmp_path / "artifacts"))
+    store = open_store(cfg.store_uri)
+    registry = ModelRegistry(store, cfg.artifact_root)
+    store.write_samples(telemetry(300, start_s=1000).assign(label=0))
+    mv = registry.register(fitted[kind].save(tmp_path / "model"))
+    promoted = registry.promote(mv.name, mv.version, gates=promotion_gates(cfg, registry))
+    assert promoted.state == "production" and promoted.gate_report["alert_rate"] <= 0.05
+    assert Detector.load(registry.fetch(mv.name, mv.version)).model.kind == kind

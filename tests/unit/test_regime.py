@@ -205,3 +205,13 @@ def test_serve_judges_a_window_in_the_regime_the_pool_keeps(adaptive, tmp_path):
     restarted = LiveScorer(adaptive, store, cfg, now_s=Clock())
     restarted.score(feed.iloc[SPIKE_AT - 20:SPIKE_AT - 19])
     assert restarted.stream.regimes.states["r1"].changes == 1
+
+
+def test_the_scored_frame_names_the_adopted_features_at_the_change(adaptive):
+    """What eyenet detect writes: the regime_change column names the features at the row
+    where their new level was adopted, and is empty elsewhere."""
+    feed, _ = shifted_feed()
+    out = adaptive.score(feed)
+    changed = out[out["regime_change"] != ""]
+    assert changed["regime_change"].tolist() == ["cpu"]
+    assert SHIFT_AT + ADAPT_S <= changed.index[0] <= SHIFT_AT + 2 * ADAPT_S
