@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -45,6 +45,8 @@ def log_prepared(values: np.ndarray, log_features: np.ndarray) -> np.ndarray:
 
 @dataclass
 class DeviceStats:
+    STATE_KIND: ClassVar[str] = "device-scale"  # kept in the store (eyenet.device_state)
+
     scaler: Scaler
     learned_at_ms: int = NEVER_LEARNING_MS   # rows at or before this were the learning period
 
@@ -201,19 +203,3 @@ class ColdStart:
                 return stats
         return None
 
-
-# -- learned statistics in the store (they survive a restart of the feature pool) --------------
-def state_key(device_id: str) -> str:
-    return f"device-scale/{device_id}"
-
-
-def save_learned(store: Any, device_id: str, feature_names: list[str], stats: DeviceStats) -> None:
-    store.put_state(state_key(device_id), {"features": list(feature_names), **stats.to_dict()})
-
-
-def load_learned(store: Any, device_id: str, feature_names: list[str]) -> DeviceStats | None:
-    """A device's statistics learned earlier, if they were learned for these features."""
-    saved = store.get_state(state_key(device_id))
-    if not saved or saved.get("features") != list(feature_names):
-        return None
-    return DeviceStats.from_dict(saved)

@@ -23,9 +23,10 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from eyenet.detector import Detector
-from eyenet.device_scaling import DeviceStats, load_learned
+from eyenet.device_scaling import DeviceStats
+from eyenet.device_state import load_device_state
 from eyenet.errors import RequestError
-from eyenet.regime import RegimeState, load_regime
+from eyenet.regime import RegimeState
 from eyenet.store import Store
 from eyenet.telemetry import DEVICE, TIMESTAMP, parse_timestamps, to_ms
 
@@ -279,14 +280,14 @@ class InferenceService:
         now = time.monotonic()
         cached = self._regimes.get(device)
         if cached is None or now - cached[0] > REGIME_TTL_S:
-            found = load_regime(self.store, device, self.detector.feature_names)
+            found = load_device_state(self.store, RegimeState, device, self.detector.feature_names)
             cached = self._regimes[device] = (now, found)
         return cached[1].copy() if cached[1] is not None else None
 
     def _learned_scale(self, device: str) -> DeviceStats | None:
         """A scale the feature pool learned for ``device``, kept once found."""
         if device not in self._learned and self.store is not None:
-            found = load_learned(self.store, device, self.detector.feature_names)
+            found = load_device_state(self.store, DeviceStats, device, self.detector.feature_names)
             if found is not None:
                 self._learned[device] = found
         return self._learned.get(device)

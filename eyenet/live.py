@@ -27,11 +27,12 @@ import pandas as pd
 
 from eyenet.config import EyeNetConfig
 from eyenet.detector import Detector
-from eyenet.device_scaling import load_learned, save_learned
+from eyenet.device_scaling import DeviceStats
+from eyenet.device_state import load_device_state, save_device_state
 from eyenet.drift import bin_counts
 from eyenet.features import metric_of
 from eyenet.monitoring import LatencyWindow, ScoreSummary
-from eyenet.regime import load_regime, save_regime
+from eyenet.regime import RegimeState
 from eyenet.store import Event, Store
 from eyenet.streaming import StreamScorer
 from eyenet.telemetry import DEVICE, TIMESTAMP, to_ms
@@ -84,9 +85,10 @@ class LiveScorer:
         self.detector, self.store, self.config = detector, store, config
         self.model_version = model_version
         # unseen devices learn their scale once; what they learned is kept in the store
+        names = detector.feature_names
         self.stream = StreamScorer(detector, config.streaming.buffer_samples,
-                                   lookup=lambda d: load_learned(store, d, detector.feature_names),
-                                   regime_lookup=lambda d: load_regime(store, d, detector.feature_names))
+                                   lookup=lambda d: load_device_state(store, DeviceStats, d, names),
+                                   regime_lookup=lambda d: load_device_state(store, RegimeState, d, names))
         self._now_s = now_s
         self.episodes: dict[str, _Episode] = {}
         self.sample_age_ms = LatencyWindow(config.monitor.latency_window_s, now_s)
@@ -110,7 +112,7 @@ class LiveScorer:
             if polled_at_s is not None:
                 self.poll_to_score_ms.add((done - polled_at_s) * 1000.0, at_s=done)
         for device, stats in self.stream.last_learned:
-            save_learned(self.store, device, self.detector.feature_names, stats)
+            save_device_state(self.store, device, self.detector.feature_names, stats)
             self.totals["devices_learned"] += 1
         anomalies = self._anomalies(scores, done)
         self._regime_changes(done)
@@ -131,7 +133,8 @@ class LiveScorer:
     def _regime_changes(self, now_s: float) -> None:
         for device, ts_ms, features in self.stream.last_regime_changes:
             # kept for a restarted pool and for Serve, which judge the device as the pool does
-            save_regime(self.store, device, self.detector.feature_names, self.stream.regimes.states[device])
+            save_device_state(self.store, device, self.detector.feature_names,
+                              self.stream.regimes.states[device])
             named = list(dict.fromkeys(metric_of(f, self.detector.metrics) for f in features))
             episode = self.episodes.pop(device, None)
             start_ms = episode.start_ms if episode is not None else ts_ms

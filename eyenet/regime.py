@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
@@ -53,6 +53,8 @@ def training_deviation(scaled: np.ndarray) -> np.ndarray:
 @dataclass
 class RegimeState:
     """One device's tracker state, per feature (scaled units)."""
+
+    STATE_KIND: ClassVar[str] = "regime"  # kept in the store (eyenet.device_state)
 
     baseline: np.ndarray
     spread: np.ndarray
@@ -220,18 +222,3 @@ class RegimeTracker:
             return np.full(n_features, NORMAL_DEVIATION)
         return self.reference
 
-
-# -- regimes in the store: the pool keeps them, a restarted pool and Serve read them ---------
-def regime_key(device_id: str) -> str:
-    return f"regime/{device_id}"
-
-
-def save_regime(store: Any, device_id: str, feature_names: list[str], state: RegimeState) -> None:
-    store.put_state(regime_key(device_id), {"features": list(feature_names), **state.to_dict()})
-
-
-def load_regime(store: Any, device_id: str, feature_names: list[str]) -> RegimeState | None:
-    saved = store.get_state(regime_key(device_id))
-    if not saved or saved.get("features") != list(feature_names):
-        return None
-    return RegimeState.from_dict(saved)

@@ -154,3 +154,14 @@ def wait_for(condition: Any, timeout_s: float = 120.0, what: str = "condition",
             return value
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def live_scorer(detector: Any, tmp_path: Any, metrics: list[str]) -> tuple[Any, Any]:
+    """A fresh SQLite store and a LiveScorer of ``detector`` over it (on an injected clock):
+    what a feature actor runs."""
+    from eyenet.config import EyeNetConfig
+    from eyenet.live import LiveScorer
+
+    store = open_store(f"sqlite:///{tmp_path}/live.db")
+    config = EyeNetConfig(metrics=metrics, counter_metrics=[], detector=detector.config.model_dump())
+    return store, LiveScorer(detector, store, config, now_s=Clock())

@@ -318,7 +318,8 @@ def test_a_detector_replica_refuses_windows_checked_against_another_model(tmp_pa
 def test_a_device_the_model_never_saw_is_learning_until_the_pool_has_learned_its_scale(tmp_path, detector):
     """/v1/score and /v1/predict say 'learning' (and never alert) for an unseen device, and
     judge it in its own scale once the feature pool has saved what it learned."""
-    from eyenet.device_scaling import DeviceStats, save_learned
+    from eyenet.device_scaling import DeviceStats
+    from eyenet.device_state import save_device_state
     from eyenet.features import Scaler
 
     cfg, store, mv, _ = promoted_store(tmp_path, detector)
@@ -330,7 +331,7 @@ def test_a_device_the_model_never_saw_is_learning_until_the_pool_has_learned_its
     assert first["state"] == "learning" and not first["is_anomaly"]
     # the pool learned the device's scale: the training fleet's, as this device is like them
     fleet = detector.scaling.fleet
-    save_learned(store, "stranger", detector.feature_names,
+    save_device_state(store, "stranger", detector.feature_names,
                  DeviceStats(Scaler(fleet.center.copy(), fleet.scale.copy()), 1))
     later = InferenceService(detector, mv.version, cfg.sample_interval_s, store).score(
         ScoreRequest(windows=[window]))[0]

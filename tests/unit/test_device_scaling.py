@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet.config import EyeNetConfig
 from eyenet.detector import Detector
-from eyenet.device_scaling import DeviceScaler, DeviceStats, load_learned, log_prepared
+from eyenet.device_scaling import DeviceScaler, DeviceStats, log_prepared
+from eyenet.device_state import load_device_state, save_device_state
 from eyenet.features import Scaler
 from eyenet.live import LiveScorer
 from eyenet.streaming import StreamScorer
-from tests.helpers import Clock
+from tests.helpers import Clock, live_scorer
 from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
 
 LEARN_S = 120
@@ -86,20 +86,17 @@ def test_an_unseen_device_learns_then_is_judged_in_its_own_scale(detector):
 
 
 def test_the_stream_scorer_learns_alike_and_a_restart_keeps_what_was_learned(detector, tmp_path):
-    from eyenet.store import open_store
 
     feed, _ = unseen_feed()
     offline = detector.score(feed)
-    store = open_store(f"sqlite:///{tmp_path}/s.db")
-    cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], detector=detector.config.model_dump())
-    live = LiveScorer(detector, store, cfg, now_s=Clock())
+    store, live = live_scorer(detector, tmp_path, METRICS)
     first, rest = feed.iloc[:200], feed.iloc[200:]
     parts = [live.score(rows)[0] for _, rows in first.groupby(np.arange(len(first)) // 20)]
     assert live.totals["devices_learned"] == 1
-    saved = load_learned(store, "newcomer", detector.feature_names)
+    saved = load_device_state(store, DeviceStats, "newcomer", detector.feature_names)
     assert isinstance(saved, DeviceStats) and saved.learned_at_ms > 0
     # a new scorer (the actor restarted) finds the learned scale in the store: no relearning
-    restarted = LiveScorer(detector, store, cfg, now_s=Clock())
+    restarted = LiveScorer(detector, store, live.config, now_s=Clock())
     restarted.stream._devices = live.stream._devices        # the buffered window, as collectors resend it
     parts += [restarted.score(rows)[0] for _, rows in rest.groupby(np.arange(len(rest)) // 20)]
     streamed = pd.concat(parts, ignore_index=True)
@@ -109,14 +106,13 @@ def test_the_stream_scorer_learns_alike_and_a_restart_keeps_what_was_learned(det
 
 
 def test_saved_statistics_of_other_features_are_not_used(detector, tmp_path):
-    from eyenet.device_scaling import save_learned
     from eyenet.store import open_store
 
     store = open_store(f"sqlite:///{tmp_path}/s.db")
     stats = DeviceStats(Scaler(np.zeros(2), np.ones(2)), 5)
-    save_learned(store, "x", ["a", "b"], stats)
-    assert load_learned(store, "x", detector.feature_names) is None
-    assert load_learned(store, "x", ["a", "b"]).learned_at_ms == 5
+    save_device_state(store, "x", ["a", "b"], stats)
+    assert load_device_state(store, DeviceStats, "x", detector.feature_names) is None
+    assert load_device_state(store, DeviceStats, "x", ["a", "b"]).learned_at_ms == 5
 
 
 def test_a_stream_scorer_without_a_store_learns_in_memory(detector):

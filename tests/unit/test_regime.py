@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet.config import EyeNetConfig
 from eyenet.detector import Detector
 from eyenet.live import LiveScorer
 from eyenet.regime import RegimeState, RegimeTracker, training_deviation
 from eyenet.streaming import StreamScorer
-from tests.helpers import Clock
+from tests.helpers import Clock, live_scorer
 from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
 
 ADAPT_S = 120          # 1 s samples: 120 rows
@@ -148,13 +147,10 @@ def test_without_adaptation_the_new_level_alerts_for_ever(adaptive):
 
 
 def test_the_stream_scorer_and_the_live_scorer_adapt_alike_and_leave_one_event(adaptive, tmp_path):
-    from eyenet.store import open_store
 
     feed, _ = shifted_feed()
     offline = adaptive.score(feed)
-    store = open_store(f"sqlite:///{tmp_path}/s.db")
-    cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], detector=adaptive.config.model_dump())
-    live = LiveScorer(adaptive, store, cfg, now_s=Clock())
+    store, live = live_scorer(adaptive, tmp_path, METRICS)
     parts = [live.score(rows)[0] for _, rows in feed.groupby(np.arange(len(feed)) // 25)]
     streamed = pd.concat(parts, ignore_index=True)
     np.testing.assert_array_equal(streamed["is_anomaly"].to_numpy(), offline["is_anomaly"].to_numpy())
@@ -184,25 +180,22 @@ def test_a_fresh_tracker_over_too_few_rows_cannot_change_anything(adaptive):
 def test_serve_judges_a_window_in_the_regime_the_pool_keeps(adaptive, tmp_path):
     """The pool saves each regime change in the store; a Serve replica's scoring of the
     device's live window then follows it (and a restarted pool picks it up)."""
+    from eyenet.device_state import load_device_state
     from eyenet.inference import CheckedWindows, InferenceService
-    from eyenet.regime import load_regime
-    from eyenet.store import open_store
 
     feed, _ = shifted_feed()
-    store = open_store(f"sqlite:///{tmp_path}/s.db")
-    cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], detector=adaptive.config.model_dump())
-    live = LiveScorer(adaptive, store, cfg, now_s=Clock())
+    store, live = live_scorer(adaptive, tmp_path, METRICS)
     before_spike = feed.iloc[:SPIKE_AT - 20]
     for _, rows in before_spike.groupby(np.arange(len(before_spike)) // 25):
         live.score(rows)
-    saved = load_regime(store, "r1", adaptive.feature_names)
+    saved = load_device_state(store, RegimeState, "r1", adaptive.feature_names)
     assert saved is not None and saved.changes == 1
     window = before_spike.tail(adaptive.config.window_steps + 1 + adaptive.config.smoothing)
     checked = CheckedWindows.from_frame(window, ["r1"], [len(window)], METRICS)
     following = InferenceService(adaptive, 1, store=store).score_checked(checked)[0]
     unaware = InferenceService(adaptive, 1).score_checked(checked)[0]
     assert not following["is_anomaly"] and unaware["is_anomaly"]
-    restarted = LiveScorer(adaptive, store, cfg, now_s=Clock())
+    restarted = LiveScorer(adaptive, store, live.config, now_s=Clock())
     restarted.score(feed.iloc[SPIKE_AT - 20:SPIKE_AT - 19])
     assert restarted.stream.regimes.states["r1"].changes == 1
 
