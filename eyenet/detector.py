@@ -155,7 +155,8 @@ class Detector:
         # event to the calibration (test data never reaches it).
         logged = set(cfg.log_metrics or []) & set(self.metrics)
         log_features = np.array([n in logged for n in feats.names], bool)
-        self.scaling = DeviceScaler.fit(feats.values[fit_rows], feats.device_ids[fit_rows], log_features)
+        self.scaling = DeviceScaler.fit(feats.values[fit_rows], feats.device_ids[fit_rows], log_features,
+                                        feats.timestamps_ms[fit_rows], cfg.learn_s)
         same = np.diff(feats.segments) == 0
         spacing_ms = np.diff(feats.timestamps_ms)[same]
         self.sample_interval_s = float(np.median(spacing_ms)) / 1000.0 if len(spacing_ms) else self.gap_s

@@ -60,20 +60,34 @@ class DeviceStats:
 
 @dataclass
 class DeviceScaler:
-    """The fleet's statistics and each trained device's own."""
+    """The fleet's statistics and each trained device's own.
+
+    A device's own statistics are trusted only when its history spans ``min_span_s`` (the
+    learning period, a day by default): twenty minutes of a device have seen twenty minutes
+    of its daily cycle, and judged in that narrow scale the next hours look anomalous.
+    Trained devices with a shorter history (``fleet_scaled``) are judged in the fleet's
+    scale, as every device was before per-device scaling."""
 
     fleet: Scaler
     devices: dict[str, Scaler]
     log_features: np.ndarray   # bool per feature
+    fleet_scaled: list[str] = field(default_factory=list)
 
     @classmethod
-    def fit(cls, values: np.ndarray, device_ids: np.ndarray, log_features: np.ndarray) -> DeviceScaler:
+    def fit(cls, values: np.ndarray, device_ids: np.ndarray, log_features: np.ndarray,
+            ts_ms: np.ndarray | None = None, min_span_s: float = 0.0) -> DeviceScaler:
         x = log_prepared(values, log_features)
         order = np.argsort(device_ids, kind="stable")
         ids, starts, counts = np.unique(device_ids[order], return_index=True, return_counts=True)
-        devices = {str(d): Scaler.fit(x[order[s:s + c]])
-                   for d, s, c in zip(ids, starts, counts, strict=True) if c >= MIN_DEVICE_ROWS}
-        return cls(Scaler.fit(x), devices, np.asarray(log_features, bool))
+        devices, short = {}, []
+        for d, s, c in zip(ids, starts, counts, strict=True):
+            rows = order[s:s + c]
+            span_s = 0.0 if ts_ms is None else float(ts_ms[rows].max() - ts_ms[rows].min()) / 1000.0
+            if c >= MIN_DEVICE_ROWS and (ts_ms is None or span_s >= min_span_s):
+                devices[str(d)] = Scaler.fit(x[rows])
+            else:
+                short.append(str(d))
+        return cls(Scaler.fit(x), devices, np.asarray(log_features, bool), short)
 
     def typical_scale(self) -> np.ndarray:
         """The median of the trained devices' own scales (the fleet's where none has one)."""
@@ -83,12 +97,14 @@ class DeviceScaler:
 
     def to_dict(self) -> dict[str, Any]:
         return {"fleet": self.fleet.to_dict(), "log_features": self.log_features.tolist(),
-                "devices": {d: s.to_dict() for d, s in self.devices.items()}}
+                "devices": {d: s.to_dict() for d, s in self.devices.items()},
+                "fleet_scaled": list(self.fleet_scaled)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceScaler:
         devices = {d: Scaler.from_dict(s) for d, s in data["devices"].items()}
-        return cls(Scaler.from_dict(data["fleet"]), devices, np.asarray(data["log_features"], bool))
+        return cls(Scaler.from_dict(data["fleet"]), devices, np.asarray(data["log_features"], bool),
+                   list(data.get("fleet_scaled", [])))
 
 
 @dataclass
@@ -146,10 +162,15 @@ class ColdStart:
     learned: dict[str, DeviceStats] = field(default_factory=dict)
     pending: dict[str, _Moments] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._fleet_scaled = set(self.scaler.fleet_scaled)
+
     def stats(self, key: str) -> DeviceStats | None:
         device = self.alias(key) if self.alias is not None else key
         if device in self.scaler.devices:
             return DeviceStats(self.scaler.devices[device])
+        if device in self._fleet_scaled:
+            return DeviceStats(self.scaler.fleet)
         if device not in self.learned and key not in self.pending and self.lookup is not None:
             found = self.lookup(device)
             if found is not None:

@@ -271,7 +271,7 @@ class InferenceService:
     def device_states(self, device_ids: Sequence[str]) -> dict[str, str]:
         """``judged`` for devices with a scale (trained, or learned by the pool), else
         ``learning``."""
-        known = self.detector.scaling.devices
+        known = {*self.detector.scaling.devices, *self.detector.scaling.fleet_scaled}
         return {d: JUDGED if d in known or self._learned_scale(d) is not None else LEARNING
                 for d in device_ids}
 

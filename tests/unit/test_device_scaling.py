@@ -128,3 +128,14 @@ def test_scaling_round_trips_with_the_model(detector, tmp_path):
     assert loaded.scaling.to_dict() == detector.scaling.to_dict()
     feed, _ = unseen_feed()
     pd.testing.assert_frame_equal(loaded.score(feed), detector.score(feed))
+
+
+def test_a_trained_device_with_less_history_than_a_learning_period_is_judged_in_the_fleet_scale():
+    """Ten minutes of a device have seen ten minutes of its cycle: its own statistics are
+    not trusted until its history spans learn_s; it is judged (never learning) meanwhile."""
+    detector = Detector(config(kind="pca", learn_s=3600), METRICS, gap_s=5).fit(scaled_fleet(600))
+    assert detector.scaling.devices == {} and set(detector.scaling.fleet_scaled) == {"small", "big"}
+    out = detector.score(scaled_fleet(100, start_s=600, seed=1))
+    assert not out["learning"].any()
+    reloaded = DeviceScaler.from_dict(detector.scaling.to_dict())
+    assert reloaded.fleet_scaled == detector.scaling.fleet_scaled
