@@ -83,3 +83,13 @@ def test_demo_refuses_a_size_that_cannot_show_the_incidents(tmp_path, capsys, ar
     assert main(["demo", "--dir", str(tmp_path / "d"), *argv]) == 2
     assert named in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--devices", "10", "--train-devices", "20"], "--train-devices"),
+    (["--incident-devices", "-1"], "--incident-devices"),
+])
+def test_bench_fleet_refuses_bad_sizes_before_simulating_anything(env, capsys, args, named):
+    assert main(["bench", "fleet", *args]) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
