@@ -46,6 +46,7 @@ from eyenet.features import (
     feature_reference,
     flags_in_last,
     held_out_tail,
+    split_segments,
     window_targets,
     windows_at,
 )
@@ -164,7 +165,7 @@ class Detector:
         self.regime_reference = training_deviation(scaled[fit_rows])
         # held-out rows start new segments so no window mixes training and validation rows
         split = np.r_[False, val_rows[1:] != val_rows[:-1]]
-        segments = np.cumsum(np.r_[True, np.diff(feats.segments) != 0] | split) - 1
+        segments = split_segments(feats.segments, split)
         exclude = feats.flagged if cfg.objective == "forecast" else None
         targets = window_targets(segments, window, exclude)
         train_t, val_t = targets[~val_rows[targets]], targets[val_rows[targets]]

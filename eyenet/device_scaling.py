@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from eyenet.features import ABSOLUTE_SCALE_FLOOR, RELATIVE_SCALE_FLOOR, Scaler
+from eyenet.features import ABSOLUTE_SCALE_FLOOR, RELATIVE_SCALE_FLOOR, Scaler, split_segments
 
 # Fewer rows than this cannot give a device its own statistics; it is scaled as the fleet.
 MIN_DEVICE_ROWS = 10
@@ -207,8 +207,7 @@ class ColdStart:
             first_own = np.flatnonzero(~early)
             if len(first_own) and first_own[0] > 0:
                 boundary[a + first_own[0]] = True
-        new_segment = np.r_[True, np.diff(segments) != 0] if len(x) else np.empty(0, bool)
-        return ScaledRows(scaled, learning, np.cumsum(new_segment | boundary) - 1, finished)
+        return ScaledRows(scaled, learning, split_segments(segments, boundary), finished)
 
     def _learn(self, device: str, x: np.ndarray, ts_ms: np.ndarray,
                advance: np.ndarray) -> DeviceStats | None:

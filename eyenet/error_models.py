@@ -51,7 +51,6 @@ KMEANS_FIT_ROWS = 20_000
 
 class ErrorModel(ABC):
     kind: ClassVar[str]
-    needs_network: ClassVar[bool] = False
     outputs_probability: ClassVar[bool] = False
 
     @abstractmethod
@@ -73,7 +72,6 @@ class ErrorModel(ABC):
 # -- the seed's LSTM -------------------------------------------------------------------------
 class LSTMForecaster(ErrorModel):
     kind = "lstm"
-    needs_network = True
 
     def __init__(self, net: torch.nn.Module) -> None:
         self.net = net
@@ -220,10 +218,6 @@ class EnsembleModel(ErrorModel):
             raise ValueError("an ensemble needs members, each with one scale")
         self.members, self.scales = members, [float(s) for s in scales]
 
-    @property
-    def needs_network(self) -> bool:  # type: ignore[override]
-        return any(m.needs_network for m in self.members)
-
     def point_errors(self, scaled, targets, window):
         total = None
         for member, scale in zip(self.members, self.scales, strict=True):
@@ -233,8 +227,7 @@ class EnsembleModel(ErrorModel):
         return total, None
 
     def network(self) -> torch.nn.Module | None:
-        nets = [m.network() for m in self.members if m.network() is not None]
-        return nets[0] if nets else None
+        return next((net for net in (m.network() for m in self.members) if net is not None), None)
 
     def state(self) -> dict[str, Any]:
         return {"members": [{"kind": m.kind, "scale": s, "state": m.state()}

@@ -183,6 +183,13 @@ class Scaler:
         return cls(np.asarray(data["center"], np.float64), np.asarray(data["scale"], np.float64))
 
 
+def split_segments(segments: np.ndarray, boundary: np.ndarray) -> np.ndarray:
+    """Segment ids with a new segment also starting at every ``boundary`` row."""
+    if len(segments) == 0:
+        return np.asarray(segments, np.int64)
+    return np.cumsum(np.r_[True, np.diff(segments) != 0] | boundary) - 1
+
+
 def window_targets(segments: np.ndarray, window: int, flagged: np.ndarray | None = None) -> np.ndarray:
     """Rows ``t`` whose previous ``window`` rows lie in t's segment (forecast targets).
 

@@ -282,7 +282,7 @@ class InferenceService:
         if cached is None or now - cached[0] > REGIME_TTL_S:
             found = load_device_state(self.store, RegimeState, device, self.detector.feature_names)
             cached = self._regimes[device] = (now, found)
-        return cached[1].copy() if cached[1] is not None else None
+        return cached[1]  # a frozen tracker reads it and never moves it
 
     def _learned_scale(self, device: str) -> DeviceStats | None:
         """A scale the feature pool learned for ``device``, kept once found."""

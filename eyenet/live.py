@@ -68,9 +68,8 @@ def batch_summary(detector: Detector, device_ids: list[str],
     ``learning`` per entry of ``device_ids``: that row's device was still learning its scale."""
     counts = bin_counts(features, detector.feature_names, detector.reference)
     flags = list(learning) if learning is not None else [False] * len(device_ids)
-    states: dict[str, bool] = {}
-    for device, is_learning in zip(device_ids, flags, strict=True):
-        states[str(device)] = bool(is_learning)  # the newest row of a device says where it stands
+    # a device's newest row (the last one given) says where it stands
+    states = {str(d): bool(x) for d, x in zip(device_ids, flags, strict=True)}
     return ScoreSummary(sent_at_s=sent_at_s, latency_ms=latency_ms, n_windows=n_windows,
                         device_counts=dict(Counter(device_ids)), anomalies=anomalies,
                         feature_counts={k: v.tolist() for k, v in counts.items()},

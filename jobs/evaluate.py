@@ -39,6 +39,7 @@ def evaluate_series(name: str, dataset: str, train: pd.DataFrame, test: pd.DataF
     cfg = config_for(config, metrics, train)
     base = cfg.detector.model_dump()
     test_frame = test.drop(columns=[LABEL])
+    flagged: Any = None   # the test labels, in the detectors' row order (the same for every kind)
     network: Any = None
     rows: list[dict[str, Any]] = []
     for model in models:
@@ -51,7 +52,8 @@ def evaluate_series(name: str, dataset: str, train: pd.DataFrame, test: pd.DataF
             network = train_on_ray(detector, data, workers=workers, gpus=gpus, max_epochs=max_epochs)
         detector.finish(network if det_cfg.needs_network else None, data)
         scored = detector.score(test_frame, history=train)
-        flagged = detector.features(test).flagged
+        if flagged is None:
+            flagged = detector.features(test).flagged
         decision = scored["is_anomaly"].to_numpy()
         row = {"dataset": dataset, "series": name, "model": model,
                **score_series(flagged, scored["raw_score"].to_numpy(), decision),
