@@ -38,6 +38,7 @@ from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 
 from eyenet.config import DetectorConfig
+from eyenet.errors import ArtifactError
 from eyenet.features import windows_at
 from eyenet.model import predict
 from eyenet.training import build_net
@@ -205,7 +206,8 @@ class ForestModel(ErrorModel):
         return raw[:, None] * share / share.sum(1, keepdims=True), None
 
     def state(self) -> dict[str, Any]:
-        raise NotImplementedError("the IsolationForest baseline is not saved; it exists for evaluation")
+        raise ArtifactError("detector kind 'isolation_forest' is the evaluation baseline and is not "
+                            "saved; train kind lstm, pca, kmeans or ensemble to register a model")
 
 
 class EnsembleModel(ErrorModel):

@@ -153,3 +153,10 @@ def test_every_kind_passes_the_registry_and_the_promotion_gate(fitted, kind, tmp
     promoted = registry.promote(mv.name, mv.version, gates=promotion_gates(cfg, registry))
     assert promoted.state == "production" and promoted.gate_report["alert_rate"] <= 0.05
     assert Detector.load(registry.fetch(mv.name, mv.version)).model.kind == kind
+
+
+def test_saving_the_isolation_forest_baseline_is_a_clear_error(tmp_path):
+    """It exists for evaluation; saving it names the kind instead of a bare traceback."""
+    det = Detector(config(kind="isolation_forest"), METRICS, gap_s=5).fit(telemetry())
+    with pytest.raises(ArtifactError, match="isolation_forest"):
+        det.save(tmp_path / "forest")
