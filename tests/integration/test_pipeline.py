@@ -176,12 +176,17 @@ def test_injected_incidents_raise_deduplicated_alerts_naming_device_and_metric(t
         return store.list_events(kind="device_anomaly", device_id=device)
 
     wait_for(lambda: alerts_for("dev-0002") and alerts_for("dev-0004"), 30, "device anomaly alerts")
+    spans = {i.device_id: (i.start_ms, i.end_ms) for i in incidents}
     for device, metrics in (("dev-0002", {"bytes_in", "packets_in"}), ("dev-0004", {"latency"})):
         alerts = alerts_for(device)
         assert len(alerts) == 1, f"{device}: one deduplicated alert, got {len(alerts)}"
         assert set(alerts[0].metrics) & metrics, f"{device} alert names {alerts[0].metrics}"
         anomalies = store.list_events(kind="anomaly", device_id=device)
-        assert anomalies and set(anomalies[-1].metrics) & metrics
+        # the episode the incident opened names its metrics (a stray one-point episode
+        # elsewhere in the backlog is not the incident's)
+        start, end = spans[device]
+        during = [e for e in anomalies if e.payload["start_ms"] <= end and e.payload["end_ms"] >= start]
+        assert during and any(set(e.metrics) & metrics for e in during), [e.metrics for e in anomalies]
         points = sum(e.payload["points"] for e in anomalies)
         assert points > 3 * config.alerts.anomaly_min_points, "many anomalous points, one alert"
     live = {a["device_id"] for a in ray.get(pipeline.monitor.open_alerts.remote())
