@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.detector import Detector
+from eyenet.detection.detector import Detector
+from eyenet.detection.evaluation import label_segments
 from eyenet.errors import ConfigError
-from eyenet.evaluation import label_segments
-from eyenet.incidents import Incident
-from eyenet.simulate import SimulatedSource
-from eyenet.telemetry import DEVICE, LABEL, TIMESTAMP, TelemetryValidator
+from eyenet.sources.incidents import Incident
+from eyenet.sources.simulator import SimulatedSource
+from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP
+from eyenet.telemetry.validation import TelemetryValidator
 
 DAY_MS = 86_400_000
 INCIDENT_KINDS = ("ddos_burst", "latency_spike", "link_down", "slow_exfiltration")
@@ -115,6 +116,6 @@ def run_fleet_bench(config: EyeNetConfig, *, devices: int = 1000, train_devices:
 if __name__ == "__main__":
     import sys
 
-    from eyenet.cli import main
+    from jobs.cli import main
 
     sys.exit(main(["bench", "fleet", *sys.argv[1:]]))

@@ -27,11 +27,12 @@ from typing import Any
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.detector import Detector
-from eyenet.registry import ModelRegistry
-from eyenet.simulate import SimulatedSource
+from eyenet.detection.detector import Detector
+from eyenet.models.registry import ModelRegistry
+from eyenet.sources.simulator import SimulatedSource
 from eyenet.store import open_store
-from eyenet.telemetry import DEVICE, TIMESTAMP, TelemetryValidator, to_ms
+from eyenet.telemetry.schema import DEVICE, TIMESTAMP, to_ms
+from eyenet.telemetry.validation import TelemetryValidator
 
 # The model sees every device (levels differ by orders of magnitude across the fleet, and
 # the features are not normalised per device) over a short history.

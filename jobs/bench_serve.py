@@ -120,11 +120,11 @@ class _NoopChain:
 
 def _bench_setup(tmp: Path) -> tuple[EyeNetConfig, Any, pd.DataFrame]:
     """A trained, promoted detector and 30 minutes of stored telemetry of 20 devices."""
-    from eyenet.detector import Detector
-    from eyenet.registry import ModelRegistry
-    from eyenet.simulate import SimulatedSource
+    from eyenet.detection.detector import Detector
+    from eyenet.models.registry import ModelRegistry
+    from eyenet.sources.simulator import SimulatedSource
     from eyenet.store import open_store
-    from eyenet.telemetry import TelemetryValidator
+    from eyenet.telemetry.validation import TelemetryValidator
 
     config = EyeNetConfig.from_dict({"store_uri": f"sqlite:///{tmp}/bench.db",
                                      "artifact_root": str(tmp / "a"), "detector": {"max_train_time_s": 20}})
@@ -150,7 +150,7 @@ def run_serve_bench(clients: int = 16, seconds: float = 15.0,
                     windows_per_request: int = 100) -> dict[str, Any]:
     import uvicorn
 
-    from eyenet.inference import InferenceService
+    from eyenet.serving.inference import InferenceService
     from eyenet.store import open_store
     from jobs._ray import ensure_ray
     from serve_app.api import create_app
@@ -216,7 +216,7 @@ def run_serve_bench(clients: int = 16, seconds: float = 15.0,
 
     service = InferenceService(detector, 1)
     many = {"windows": score_body["windows"] * 10}
-    from eyenet.inference import ScoreRequest
+    from eyenet.serving.inference import ScoreRequest
 
     request = ScoreRequest.model_validate(many)
     started = time.perf_counter()

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from eyenet.config import EyeNetConfig
-from eyenet.detector import Detector
-from eyenet.training import fit_in_process
+from eyenet.detection.detector import Detector
+from eyenet.detection.training import fit_in_process
 
 
 def synthetic_history(rows: int, n_metrics: int, seed: int = 0) -> pd.DataFrame:

@@ -46,10 +46,10 @@ def demo_config(base: EyeNetConfig, directory: Path, port: int | None, train_tim
 
 def run_demo(base: EyeNetConfig, *, directory: str, devices: int, history_s: float, seconds: float,
              port: int | None = None, train_time_s: float = 60.0) -> dict[str, Any]:
-    from eyenet.cli import build_parser
-    from eyenet.gates import promotion_gates
-    from eyenet.registry import ModelRegistry
+    from eyenet.models.gates import promotion_gates
+    from eyenet.models.registry import ModelRegistry
     from eyenet.store import open_store
+    from jobs.cli import build_parser
     from jobs.ingest import run_ingest
     from jobs.serve import run_serve
     from jobs.train_cli import run_train
@@ -151,7 +151,7 @@ def _monitor_report(config: EyeNetConfig, since_s: float) -> dict[str, Any]:
     import ray
 
     from actors.monitor import find_monitor
-    from eyenet.monitoring import Monitor
+    from eyenet.monitoring.monitor import Monitor
     from eyenet.store import open_store
 
     monitor = find_monitor()
@@ -174,6 +174,6 @@ def _print_report(report: dict[str, Any], store: Any, step: Any) -> None:
 if __name__ == "__main__":
     import sys
 
-    from eyenet.cli import main
+    from jobs.cli import main
 
     sys.exit(main(["demo", *sys.argv[1:]]))

@@ -18,10 +18,10 @@ from typing import Any
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.datasets import read_metric_csv, sample_interval_s
-from eyenet.detector import Detector
+from eyenet.detection.datasets import read_metric_csv, sample_interval_s
+from eyenet.detection.detector import Detector
 from eyenet.errors import ConfigError, EyeNetError, TelemetryError
-from eyenet.telemetry import DEVICE, LABEL, TIMESTAMP, to_ms
+from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, to_ms
 
 
 def config_for(config: EyeNetConfig, metrics: list[str], frame: pd.DataFrame) -> EyeNetConfig:
@@ -99,6 +99,6 @@ def run_detect(train_csv: str, test_csv: str, out_csv: str, config: EyeNetConfig
 if __name__ == "__main__":
     import sys
 
-    from eyenet.cli import main
+    from jobs.cli import main
 
     sys.exit(main(["detect", *sys.argv[1:]]))

@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.datasets import load_nab, load_smd, nab_series, smd_machines, smd_segments
-from eyenet.detector import Detector
+from eyenet.detection.datasets import load_nab, load_smd, nab_series, smd_machines, smd_segments
+from eyenet.detection.detector import Detector
+from eyenet.detection.evaluation import EVALUATED_MODELS, attribution_hit_rate, mean_table, score_series
+from eyenet.detection.features import metric_of
 from eyenet.errors import EyeNetError
-from eyenet.evaluation import EVALUATED_MODELS, attribution_hit_rate, mean_table, score_series
-from eyenet.features import metric_of
-from eyenet.telemetry import LABEL
+from eyenet.telemetry.schema import LABEL
 from jobs.detect import config_for
 
 
@@ -106,6 +106,6 @@ def run_evaluation(root: str, config: EyeNetConfig, *, datasets: tuple[str, ...]
 if __name__ == "__main__":
     import sys
 
-    from eyenet.cli import main
+    from jobs.cli import main
 
     sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -14,7 +14,7 @@ from typing import Any
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError
-from eyenet.simulate import Incident
+from eyenet.sources.simulator import Incident
 
 PROGRESS_EVERY_S = 10.0
 CAUGHT_UP_LAG_INTERVALS = 3
@@ -55,7 +55,7 @@ def run_ingest(config: EyeNetConfig, args: Any) -> dict[str, Any]:
 
     if args.seconds is not None and args.seconds <= 0:
         raise ConfigError(f"--seconds must be > 0, got {args.seconds}", "seconds", args.seconds)
-    from eyenet.sources import build_source
+    from eyenet.sources.factory import build_source
 
     now_s = time.time()
     options, start_ms = source_options(args, now_s)
@@ -110,7 +110,7 @@ def summarise(final: dict[str, Any], seconds: float) -> dict[str, Any]:
 if __name__ == "__main__":
     import sys
 
-    from eyenet.cli import main
+    from jobs.cli import main
 
     sys.exit(main(["ingest", *sys.argv[1:]]))
 

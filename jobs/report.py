@@ -14,7 +14,7 @@ from typing import Any
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError
-from eyenet.timespec import parse_since
+from eyenet.telemetry.timespec import parse_since
 
 
 def run_report(config: EyeNetConfig, since: str, until: str | None = None,
@@ -33,7 +33,7 @@ def run_report(config: EyeNetConfig, since: str, until: str | None = None,
         monitor = find_monitor()
         if monitor is not None:
             return ray.get(monitor.report.remote(since_s, until_s), timeout=60)
-    from eyenet.monitoring import Monitor
+    from eyenet.monitoring.monitor import Monitor
     from eyenet.store import open_store
 
     return Monitor(config, open_store(config.store_uri), None, sinks=[]).report(since_s, until_s)
@@ -42,6 +42,6 @@ def run_report(config: EyeNetConfig, since: str, until: str | None = None,
 if __name__ == "__main__":
     import sys
 
-    from eyenet.cli import main
+    from jobs.cli import main
 
     sys.exit(main(["report", *sys.argv[1:]]))

@@ -13,7 +13,7 @@ from typing import Any
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import PipelineError
-from eyenet.registry import ModelRegistry
+from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
 
 
@@ -45,6 +45,6 @@ def run_serve(config: EyeNetConfig, detach: bool = False) -> dict[str, Any]:
 if __name__ == "__main__":
     import sys
 
-    from eyenet.cli import main
+    from jobs.cli import main
 
     sys.exit(main(["serve", *sys.argv[1:]]))

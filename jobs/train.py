@@ -28,11 +28,10 @@ import pandas as pd
 import torch
 
 from eyenet.config import DetectorConfig, EyeNetConfig
-from eyenet.detector import Detector, TrainingData
-from eyenet.errors import EyeNetError
-from eyenet.features import window_targets, windows_at
-from eyenet.model import loss_fn
-from eyenet.training import (
+from eyenet.detection.detector import Detector, TrainingData
+from eyenet.detection.features import window_targets, windows_at
+from eyenet.detection.networks import loss_fn
+from eyenet.detection.training import (
     EarlyStopping,
     FitResult,
     build_net,
@@ -41,6 +40,7 @@ from eyenet.training import (
     seed_everything,
     train_epoch,
 )
+from eyenet.errors import EyeNetError
 
 CHUNK_TARGETS = 2048
 STATE_FILE = "state.pt"
@@ -299,7 +299,7 @@ def train_detector(frame: pd.DataFrame, config: EyeNetConfig, *, workers: int = 
 def flag_incidents(frame: pd.DataFrame, events: list[Any], tolerance_s: float) -> pd.DataFrame:
     """Label samples within ``tolerance_s`` of a stored anomaly event of their device as 1,
     so training leaves out the windows around incidents already found."""
-    from eyenet.telemetry import DEVICE, LABEL, TIMESTAMP, to_ms
+    from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, to_ms
 
     frame = frame.copy()
     label = pd.to_numeric(frame[LABEL], errors="coerce").fillna(0).to_numpy() if LABEL in frame \
@@ -321,6 +321,6 @@ def flag_incidents(frame: pd.DataFrame, events: list[Any], tolerance_s: float) -
 if __name__ == "__main__":
     import sys
 
-    from eyenet.cli import main
+    from jobs.cli import main
 
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -7,9 +7,9 @@ import tempfile
 from typing import Any
 
 from eyenet.config import EyeNetConfig
-from eyenet.datasets import read_metric_csv
+from eyenet.detection.datasets import read_metric_csv
 from eyenet.errors import TelemetryError
-from eyenet.registry import ModelRegistry, ModelVersion
+from eyenet.models.registry import ModelRegistry, ModelVersion
 from eyenet.store import open_store
 from jobs.detect import config_for, fit_detector
 from jobs.train import flag_incidents

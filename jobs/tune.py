@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.detector import Detector
+from eyenet.detection.detector import Detector
 from eyenet.errors import EyeNetError
 from jobs.train import DATA_RESERVE_CPUS, fit_result_from_checkpoint, train_on_ray, worker_cpus
 
@@ -102,6 +102,6 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
 if __name__ == "__main__":
     import sys
 
-    from eyenet.cli import main
+    from jobs.cli import main
 
     sys.exit(main(["train", "--tune", *sys.argv[1:]]))

@@ -97,7 +97,7 @@ def write_until_interrupted(store: Any, batch_rows: int, interrupt_at_batch: int
 
 
 def register_model(store_uri: str, artifact_root: str, model_dir: str) -> int:
-    from eyenet.registry import ModelRegistry
+    from eyenet.models.registry import ModelRegistry
 
     store = open_store(store_uri)
     try:
@@ -160,7 +160,7 @@ def live_scorer(detector: Any, tmp_path: Any, metrics: list[str]) -> tuple[Any, 
     """A fresh SQLite store and a LiveScorer of ``detector`` over it (on an injected clock):
     what a feature actor runs."""
     from eyenet.config import EyeNetConfig
-    from eyenet.live import LiveScorer
+    from eyenet.streaming.live import LiveScorer
 
     store = open_store(f"sqlite:///{tmp_path}/live.db")
     config = EyeNetConfig(metrics=metrics, counter_metrics=[], detector=detector.config.model_dump())

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from eyenet.errors import TelemetryError
-from eyenet.telemetry import DEVICE, LABEL, TIMESTAMP, parse_timestamps, to_ms
+from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, parse_timestamps, to_ms
 
 RESERVED_COLUMNS = {DEVICE, TIMESTAMP, LABEL}
 
@@ -247,7 +247,7 @@ class Store(ABC):
     def get_state(self, key: str) -> dict[str, Any] | None:
         """The state saved under ``key``, or None."""
 
-    # -- model records (used by eyenet.registry) ------------------------------------------
+    # -- model records (used by eyenet.models.registry) ------------------------------------------
     @abstractmethod
     def allocate_model_version(self, name: str) -> int:
         """Atomically the next version number of ``name`` (1, 2, ...); never reused."""

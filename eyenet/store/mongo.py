@@ -44,7 +44,7 @@ from eyenet.store.base import (
     stamp_report,
     to_timestamp_ms,
 )
-from eyenet.telemetry import DEVICE, LABEL, TIMESTAMP
+from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP
 
 DUPLICATE_KEY = 11000
 DEFAULT_DB = "eyenet"

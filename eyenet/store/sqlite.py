@@ -36,7 +36,7 @@ from eyenet.store.base import (
     stamp_report,
     to_timestamp_ms,
 )
-from eyenet.telemetry import DEVICE, LABEL, TIMESTAMP, from_ms
+from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, from_ms
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS network_metrics (

@@ -20,11 +20,12 @@ import pytest
 
 from actors.collector import LiveCollectors
 from eyenet.config import EyeNetConfig
-from eyenet.detector import Detector
-from eyenet.registry import ModelRegistry
-from eyenet.simulate import Incident, SimulatedSource
+from eyenet.detection.detector import Detector
+from eyenet.models.registry import ModelRegistry
+from eyenet.sources.simulator import Incident, SimulatedSource
 from eyenet.store import open_store
-from eyenet.telemetry import DEVICE, TIMESTAMP, TelemetryValidator, to_ms
+from eyenet.telemetry.schema import DEVICE, TIMESTAMP, to_ms
+from eyenet.telemetry.validation import TelemetryValidator
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -143,7 +144,7 @@ def test_killed_monitor_comes_back_with_its_open_alerts(tmp_path, monitor_cleanu
     import ray
 
     from actors.monitor import get_monitor
-    from eyenet.monitoring import ScoreSummary
+    from eyenet.monitoring.monitor import ScoreSummary
 
     config = make_config(tmp_path)
     monitor = get_monitor(config)
@@ -204,7 +205,7 @@ def test_injected_incidents_raise_deduplicated_alerts_naming_device_and_metric(t
 def test_ingest_command_builds_history_and_counts_bad_samples(tmp_path, monitor_cleanup, capsys):
     import json
 
-    from eyenet.cli import main
+    from jobs.cli import main
 
     uri = f"sqlite:///{tmp_path}/eyenet.db"
     code = main(["ingest", "--source", "simulated", "--devices", "4", "--history-s", "120",

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from eyenet.config import EyeNetConfig
-from eyenet.detector import Detector
-from eyenet.registry import ModelRegistry
+from eyenet.detection.detector import Detector
+from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
 from tests.helpers import wait_for
 from tests.unit.test_api import promoted_store
@@ -73,7 +73,7 @@ def test_bad_input_is_a_4xx_and_the_replica_lives_on(served):
 def test_requests_keep_succeeding_through_a_promotion_and_a_rollback(served, tmp_path):
     import threading
 
-    from eyenet.gates import promotion_gates
+    from eyenet.models.gates import promotion_gates
 
     url, detector, _, cfg = served
     registry = ModelRegistry(open_store(cfg.store_uri), cfg.artifact_root)

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from eyenet.config import EyeNetConfig
-from eyenet.detector import Detector
-from eyenet.registry import ModelRegistry
+from eyenet.detection.detector import Detector
+from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
@@ -107,7 +107,7 @@ def test_store_streamed_dataset_yields_every_unflagged_window(tmp_path):
 
 
 def test_detect_cli_writes_one_row_per_test_row_in_order(tmp_path):
-    from eyenet.cli import main
+    from jobs.cli import main
 
     frame = fleet(rows=300, devices=1)
     train, test = frame.iloc[:240].drop(columns="device_id"), frame.iloc[240:].drop(columns="device_id")
@@ -128,8 +128,8 @@ def test_detect_cli_writes_one_row_per_test_row_in_order(tmp_path):
 
 
 def test_train_cli_from_store_leaves_out_incidents_and_registers_staging(tmp_path, capsys):
-    from eyenet.cli import main
     from eyenet.store.base import Event
+    from jobs.cli import main
 
     uri = f"sqlite:///{tmp_path}/s.db"
     store = open_store(uri)
@@ -152,7 +152,7 @@ def test_train_cli_from_store_leaves_out_incidents_and_registers_staging(tmp_pat
 
 
 def test_train_cli_with_tune_registers_the_best_trial(tmp_path, capsys):
-    from eyenet.cli import main
+    from jobs.cli import main
 
     # 600 rows: the held-out fifth must hold windows of the largest searched size (60 steps)
     fleet(rows=600, devices=1).drop(columns="device_id").to_csv(tmp_path / "train.csv", index=False)

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from eyenet.alerts import (
+from eyenet.config import AlertConfig
+from eyenet.errors import ConfigError, StoreError
+from eyenet.monitoring.alerts import (
     REPEAT_SAVE_S,
     ZERO_TIME,
     AlertManager,
@@ -25,8 +27,6 @@ from eyenet.alerts import (
     build_sinks,
     redact_url,
 )
-from eyenet.config import AlertConfig
-from eyenet.errors import ConfigError, StoreError
 from eyenet.store import Event
 from tests.helpers import Clock, ListSink
 
@@ -193,7 +193,7 @@ def test_log_sink_names_kind_device_metrics_and_value(caplog: pytest.LogCaptureF
     event = Event(kind="device_anomaly", message="r7 anomalous", device_id="r7",
                   metrics=["bytes_in", "latency"],
                   payload={"subject": "r7", "value": 4.0, "threshold": 3.0, "count": 1})
-    with caplog.at_level(logging.INFO, logger="eyenet.alerts"):
+    with caplog.at_level(logging.INFO, logger="eyenet.monitoring.alerts"):
         LogSink().notify(event)
     [line] = [r.getMessage() for r in caplog.records]
     assert "device_anomaly" in line and "r7" in line and "bytes_in,latency" in line and "value=4" in line
@@ -322,7 +322,7 @@ def test_webhook_gives_up_after_max_retries_and_never_retries_a_4xx(receiver_fac
     url = receiver.url.replace("http://", "http://ops:s3cret@")
     sink = WebhookSink(url, timeout_s=5, max_retries=2, backoff_s=0.01)
     receiver_factory.sinks.append(sink)
-    with caplog.at_level(logging.WARNING, logger="eyenet.webhook"):
+    with caplog.at_level(logging.WARNING, logger="eyenet.monitoring.webhook"):
         sink.notify(_event())
         wait_for(lambda: sink.stats()["failed"] == 1)
         sink.notify(_event())  # answered 400: rejected, not retried

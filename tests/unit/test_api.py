@@ -13,10 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eyenet.config import EyeNetConfig
-from eyenet.detector import Detector
+from eyenet.detection.detector import Detector
 from eyenet.errors import EyeNetError, RequestError, StoreConnectionError
-from eyenet.inference import InferenceService, ScoreRequest, predict_devices
-from eyenet.registry import ModelRegistry
+from eyenet.models.registry import ModelRegistry
+from eyenet.serving.inference import InferenceService, ScoreRequest, predict_devices
 from eyenet.store import Event, open_store
 from serve_app.api import create_app
 from serve_app.local import LocalBackend
@@ -237,7 +237,7 @@ def test_the_serve_config_yaml_is_valid_for_serve_deploy():
 
 
 def test_eyenet_serve_refuses_without_a_production_model(tmp_path, capsys):
-    from eyenet.cli import main
+    from jobs.cli import main
 
     code = main(["serve", "--store", f"sqlite:///{tmp_path}/e.db", "--artifact-root", str(tmp_path / "a"),
                  "--port", "8123"])
@@ -294,7 +294,7 @@ def test_a_detector_replica_refuses_windows_checked_against_another_model(tmp_pa
     switched to a model with other metrics or a longer window refuses (409), not fails."""
     import asyncio
 
-    from eyenet.inference import CheckedWindows
+    from eyenet.serving.inference import CheckedWindows
     from serve_app.deployments import DetectorReplica
 
     cfg, _, mv, _ = promoted_store(tmp_path, detector, serve={"model_poll_s": 3600})
@@ -318,9 +318,9 @@ def test_a_detector_replica_refuses_windows_checked_against_another_model(tmp_pa
 def test_a_device_the_model_never_saw_is_learning_until_the_pool_has_learned_its_scale(tmp_path, detector):
     """/v1/score and /v1/predict say 'learning' (and never alert) for an unseen device, and
     judge it in its own scale once the feature pool has saved what it learned."""
-    from eyenet.device_scaling import DeviceStats
-    from eyenet.device_state import save_device_state
-    from eyenet.features import Scaler
+    from eyenet.detection.device_scaling import DeviceStats
+    from eyenet.detection.device_state import save_device_state
+    from eyenet.detection.features import Scaler
 
     cfg, store, mv, _ = promoted_store(tmp_path, detector)
     service = InferenceService(detector, mv.version, cfg.sample_interval_s, store)

@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
-from eyenet.inference import InferenceService
+from eyenet.serving.inference import InferenceService
 from serve_app.api import create_app
 from serve_app.local import LocalBackend
 from tests.unit.test_api import detector, promoted_store  # noqa: F401

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from eyenet.cli import main
-from eyenet.registry import ModelRegistry
+from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
+from jobs.cli import main
 
 
 @pytest.fixture

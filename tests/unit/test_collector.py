@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet.collector import Collector
 from eyenet.config import EyeNetConfig
 from eyenet.errors import SourceError, StoreConnectionError
-from eyenet.sources import FetchResult, Source
-from eyenet.telemetry import TelemetryValidator
+from eyenet.sources.base import FetchResult, Source
+from eyenet.streaming.collector import Collector
+from eyenet.telemetry.validation import TelemetryValidator
 from tests.helpers import Clock
 
 METRICS = ["bytes_in", "latency"]
@@ -204,7 +204,7 @@ def test_no_devices_is_an_error(cfg, store):
 
 
 def test_a_fresh_collector_on_a_replay_starts_at_its_first_sample(cfg, store, tmp_path):
-    from eyenet.sources import ReplaySource
+    from eyenet.sources.replay import ReplaySource
 
     path = tmp_path / "feed.csv"
     stamps = pd.date_range("2024-01-01", periods=50, freq="1s", tz="UTC")
@@ -218,7 +218,7 @@ def test_a_fresh_collector_on_a_replay_starts_at_its_first_sample(cfg, store, tm
 
 
 def test_a_vanished_device_is_reported_silent_and_the_others_go_on(cfg, store):
-    from eyenet.simulate import SimulatedSource
+    from eyenet.sources.simulator import SimulatedSource
 
     config = EyeNetConfig()
     clock = Clock(T0_MS / 1000 + 60)
@@ -233,7 +233,7 @@ def test_a_vanished_device_is_reported_silent_and_the_others_go_on(cfg, store):
 def test_a_replay_ends_at_its_last_sample_and_a_slower_source_than_the_config_is_refused(cfg, tmp_path):
     from actors.pipeline import start_pipeline
     from eyenet.errors import PipelineError
-    from eyenet.sources import ReplaySource
+    from eyenet.sources.replay import ReplaySource
 
     path = tmp_path / "slow.csv"
     stamps = pd.date_range("2024-01-01", periods=20, freq="300s", tz="UTC")

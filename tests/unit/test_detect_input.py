@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet.cli import main
+from jobs.cli import main
 
 
 def write(path, rows=200, **overrides):

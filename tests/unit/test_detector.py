@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from eyenet.config import DetectorConfig
-from eyenet.detector import FORMAT_VERSION, META_FILE, REFERENCE_FILE, WEIGHTS_FILE, Detector
-from eyenet.errors import ArtifactError, TelemetryError
-from eyenet.model import HEAD_HIDDEN, LSTMDetectorNet, loss_fn, predict
-from eyenet.training import (
+from eyenet.detection.detector import FORMAT_VERSION, META_FILE, REFERENCE_FILE, WEIGHTS_FILE, Detector
+from eyenet.detection.networks import HEAD_HIDDEN, LSTMDetectorNet, loss_fn, predict
+from eyenet.detection.training import (
     EarlyStopping,
     array_batches,
     build_net,
@@ -26,6 +25,7 @@ from eyenet.training import (
     seed_everything,
     train_epoch,
 )
+from eyenet.errors import ArtifactError, TelemetryError
 
 METRICS = ["cpu", "memory", "latency"]
 T0 = pd.Timestamp("2024-01-01", tz="UTC")

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from eyenet.config import DetectorConfig
-from eyenet.detector import META_FILE, WEIGHTS_FILE, Detector
-from eyenet.error_models import EnsembleModel, SubspaceModel, subsequences
+from eyenet.detection.detector import META_FILE, WEIGHTS_FILE, Detector
+from eyenet.detection.error_models import EnsembleModel, SubspaceModel, subsequences
+from eyenet.detection.evaluation import EVALUATED_MODELS
 from eyenet.errors import ArtifactError, ConfigError
-from eyenet.evaluation import EVALUATED_MODELS
 from tests.unit.test_detector import METRICS, config, telemetry, test_frame
 
 KINDS = ["lstm", "pca", "kmeans", "ensemble"]
@@ -140,8 +140,8 @@ def test_every_kind_passes_the_registry_and_the_promotion_gate(fitted, kind, tmp
     """A kind without a network (no weights.pt) registers, passes the replay gate, is
     fetched and loads as the same kind."""
     from eyenet.config import EyeNetConfig
-    from eyenet.gates import promotion_gates
-    from eyenet.registry import ModelRegistry
+    from eyenet.models.gates import promotion_gates
+    from eyenet.models.registry import ModelRegistry
     from eyenet.store import open_store
 
     cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], store_uri=f"sqlite:///{tmp_path}/e.db",

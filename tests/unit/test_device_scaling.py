@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet.detector import Detector
-from eyenet.device_scaling import DeviceScaler, DeviceStats, log_prepared
-from eyenet.device_state import load_device_state, save_device_state
-from eyenet.features import Scaler
-from eyenet.live import LiveScorer
-from eyenet.streaming import StreamScorer
+from eyenet.detection.detector import Detector
+from eyenet.detection.device_scaling import DeviceScaler, DeviceStats, log_prepared
+from eyenet.detection.device_state import load_device_state, save_device_state
+from eyenet.detection.features import Scaler
+from eyenet.streaming.live import LiveScorer
+from eyenet.streaming.scorer import StreamScorer
 from tests.helpers import Clock, live_scorer
 from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
 

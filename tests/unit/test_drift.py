@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from eyenet.drift import DriftTracker, bin_counts, ks, psi
-from eyenet.features import feature_reference
+from eyenet.detection.features import feature_reference
+from eyenet.monitoring.drift import DriftTracker, bin_counts, ks, psi
 from tests.helpers import Clock
 
 NAMES = ["bytes_in", "latency"]

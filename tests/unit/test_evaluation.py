@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet.datasets import load_nab, sample_interval_s, smd_segments
-from eyenet.evaluation import (
+from eyenet.detection.datasets import load_nab, sample_interval_s, smd_segments
+from eyenet.detection.evaluation import (
     attribution_hit_rate,
     label_segments,
     mean_table,
@@ -185,7 +185,7 @@ def test_smd_segments_are_half_open_with_blamed_metrics(tmp_path):
 
 
 def test_repeated_timestamps_fail_detect_input_but_datasets_keep_the_first(tmp_path):
-    from eyenet.datasets import read_metric_csv
+    from eyenet.detection.datasets import read_metric_csv
     from eyenet.errors import TelemetryError
 
     path = tmp_path / "x.csv"

@@ -1,4 +1,4 @@
-"""Feature engineering in eyenet.features: ordering, ratios, missing values, segments,
+"""Feature engineering in eyenet.detection.features: ordering, ratios, missing values, segments,
 flags, rolling statistics, the scaler, windows and the drift reference."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet.errors import TelemetryError
-from eyenet.features import (
+from eyenet.detection.features import (
     ABSOLUTE_SCALE_FLOOR,
     CLIP_Z,
     PSI_BINS,
@@ -20,6 +19,7 @@ from eyenet.features import (
     window_targets,
     windows_at,
 )
+from eyenet.errors import TelemetryError
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from eyenet.cli import main
 from eyenet.config import EyeNetConfig
-from eyenet.detector import Detector
+from eyenet.detection.detector import Detector
 from eyenet.errors import PromotionRejectedError
-from eyenet.gates import promotion_gates
-from eyenet.registry import ModelRegistry
+from eyenet.models.gates import promotion_gates
+from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
+from jobs.cli import main
 from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
 
 

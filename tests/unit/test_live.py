@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from eyenet.config import EyeNetConfig
-from eyenet.detector import Detector
-from eyenet.live import LiveScorer
-from eyenet.monitoring import ScoreSummary
+from eyenet.detection.detector import Detector
+from eyenet.monitoring.monitor import ScoreSummary
 from eyenet.store import open_store
-from eyenet.telemetry import to_ms
+from eyenet.streaming.live import LiveScorer
+from eyenet.telemetry.schema import to_ms
 from tests.helpers import Clock
 from tests.unit.test_detector import METRICS, T0, config, one_thread, telemetry  # noqa: F401
 

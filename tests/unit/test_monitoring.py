@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from eyenet.config import AlertConfig, EyeNetConfig, MonitorConfig
-from eyenet.drift import bin_counts
-from eyenet.features import feature_reference
-from eyenet.monitoring import LatencyHistogram, LatencyWindow, Monitor, ScoreSummary
+from eyenet.detection.features import feature_reference
+from eyenet.monitoring.drift import bin_counts
+from eyenet.monitoring.monitor import LatencyHistogram, LatencyWindow, Monitor, ScoreSummary
 from tests.helpers import Clock, ListSink
 
 T0 = 1_700_000_000.0

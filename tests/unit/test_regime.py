@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet.detector import Detector
-from eyenet.live import LiveScorer
-from eyenet.regime import RegimeState, RegimeTracker, training_deviation
-from eyenet.streaming import StreamScorer
+from eyenet.detection.detector import Detector
+from eyenet.detection.regime import RegimeState, RegimeTracker, training_deviation
+from eyenet.streaming.live import LiveScorer
+from eyenet.streaming.scorer import StreamScorer
 from tests.helpers import Clock, live_scorer
 from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
 
@@ -180,8 +180,8 @@ def test_a_fresh_tracker_over_too_few_rows_cannot_change_anything(adaptive):
 def test_serve_judges_a_window_in_the_regime_the_pool_keeps(adaptive, tmp_path):
     """The pool saves each regime change in the store; a Serve replica's scoring of the
     device's live window then follows it (and a restarted pool picks it up)."""
-    from eyenet.device_state import load_device_state
-    from eyenet.inference import CheckedWindows, InferenceService
+    from eyenet.detection.device_state import load_device_state
+    from eyenet.serving.inference import CheckedWindows, InferenceService
 
     feed, _ = shifted_feed()
     store, live = live_scorer(adaptive, tmp_path, METRICS)

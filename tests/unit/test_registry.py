@@ -18,7 +18,7 @@ from eyenet.errors import (
     PromotionRejectedError,
     RegistryError,
 )
-from eyenet.registry import ModelRegistry
+from eyenet.models.registry import ModelRegistry
 from tests import helpers
 
 NAME = "eyenet-detector"

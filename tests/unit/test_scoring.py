@@ -1,4 +1,4 @@
-"""Scores from forecast errors in eyenet.scoring: the POT threshold, calibration to 0..1,
+"""Scores from forecast errors in eyenet.detection.scoring: the POT threshold, calibration to 0..1,
 the smoothed error profile and per-row attribution."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet.scoring import MIN_TAIL_POINTS, Calibrator, pot_threshold, smoothed_errors, top_features
+from eyenet.detection.scoring import MIN_TAIL_POINTS, Calibrator, pot_threshold, smoothed_errors, top_features
 
 # -- pot_threshold --------------------------------------------------------------------------
 

@@ -16,9 +16,12 @@ import pytest
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import SourceError
-from eyenet.simulate import DAY_MS, Incident, SimulatedSource
-from eyenet.sources import FetchResult, ReplaySource, Source, build_source
-from eyenet.telemetry import TelemetryValidator, ValidationResult, to_ms
+from eyenet.sources.base import FetchResult, Source
+from eyenet.sources.factory import build_source
+from eyenet.sources.replay import ReplaySource
+from eyenet.sources.simulator import DAY_MS, Incident, SimulatedSource
+from eyenet.telemetry.schema import to_ms
+from eyenet.telemetry.validation import TelemetryValidator, ValidationResult
 
 T0 = 1_740_787_200_000  # 2025-03-01T00:00Z
 LATER = T0 + 30 * DAY_MS  # the simulated clock's start: everything before it is history
@@ -69,7 +72,7 @@ def test_fetch_is_deterministic_and_additive_over_ranges():
 def test_long_fetches_are_generated_in_chunks_with_the_same_result(monkeypatch):
     src = sim(devices=3, seed=9, incident_rate_per_device_day=8.0, garbage_rate=0.05)
     whole = src.fetch(src.devices(), T0, T0 + 3 * 3600_000).samples
-    monkeypatch.setattr("eyenet.simulate.MAX_FETCH_POINTS", 100)
+    monkeypatch.setattr("eyenet.sources.simulator.MAX_FETCH_POINTS", 100)
     pd.testing.assert_frame_equal(src.fetch(src.devices(), T0, T0 + 3 * 3600_000).samples, whole,
                                   check_dtype=False)
 

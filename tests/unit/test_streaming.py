@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet.detector import Detector
+from eyenet.detection.detector import Detector
 from eyenet.errors import TelemetryError
-from eyenet.streaming import StreamScorer
+from eyenet.streaming.scorer import StreamScorer
 from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
 
 COMPARED = ["device_id", "timestamp", "is_anomaly", "top_feature"]

@@ -18,16 +18,16 @@ import pytest
 
 from actors.collector import route
 from actors.features import split_by_device
-from eyenet.cli import build_parser, main
-from eyenet.collector import Collector
 from eyenet.config import DEFAULT_COUNTER_METRICS, EyeNetConfig
 from eyenet.errors import ConfigError
-from eyenet.monitoring import Monitor, ScoreSummary
-from eyenet.simulate import GARBAGE, Incident, SimulatedSource
-from eyenet.sources import build_source
+from eyenet.monitoring.monitor import Monitor, ScoreSummary
+from eyenet.sources.factory import build_source
+from eyenet.sources.simulator import GARBAGE, Incident, SimulatedSource
 from eyenet.store import open_store
-from eyenet.telemetry import to_ms
-from eyenet.timespec import parse_since
+from eyenet.streaming.collector import Collector
+from eyenet.telemetry.schema import to_ms
+from eyenet.telemetry.timespec import parse_since
+from jobs.cli import build_parser, main
 from jobs.ingest import parse_incident, progress_line, run_ingest, source_options, summarise
 
 REPO = Path(__file__).resolve().parents[2]

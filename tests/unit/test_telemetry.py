@@ -8,7 +8,8 @@ import pytest
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import TelemetryError
-from eyenet.telemetry import DeviceState, TelemetryValidator, parse_timestamps
+from eyenet.telemetry.schema import parse_timestamps
+from eyenet.telemetry.validation import DeviceState, TelemetryValidator
 
 NOW = 2_000_000_000.0
 T = 1_900_000_000

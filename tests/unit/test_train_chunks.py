@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from eyenet.config import DetectorConfig
-from eyenet.detector import Detector
+from eyenet.detection.detector import Detector
 from jobs.train import chunk_arrays, expand_chunks
 
 

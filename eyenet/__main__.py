@@ -1,3 +1,0 @@
-from eyenet.cli import main
-
-raise SystemExit(main())

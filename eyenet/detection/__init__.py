@@ -1,0 +1,1 @@
+"""Detection: features, detector kinds, calibration and decision rules, regimes, per-device scaling, training pieces, evaluation."""

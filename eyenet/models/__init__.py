@@ -1,0 +1,1 @@
+"""Models: the registry (versions and states), sealed artifacts and promotion gates."""

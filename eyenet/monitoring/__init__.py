@@ -1,0 +1,1 @@
+"""Monitoring: prediction latency, feature drift, alert rules and delivery, snapshots and reports."""

@@ -1,0 +1,1 @@
+"""Serving: what the HTTP API accepts, checks and answers, without Ray."""

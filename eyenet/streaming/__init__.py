@@ -1,0 +1,1 @@
+"""Streaming: the collector and live-scorer cores that the Ray actors wrap."""

@@ -1,0 +1,213 @@
+"""Incremental scoring of live telemetry: the same numbers as :meth:`Detector.score`, one
+new sample at a time.
+
+Offline scoring recomputes the error profile over a whole history. A live feed cannot
+afford that: every second each device brings one sample, and re-scoring its last
+``window + smoothing`` rows would cost ``smoothing`` forward passes per sample. So the
+scorer keeps, per device, the few raw rows the next window needs and the running sums of
+the exponentially weighted error profile, and runs one forward pass per new sample.
+
+Why the numbers match offline scoring: features come from the shared ``build_features``
+over the device's buffered rows (gap rule, forward fill, ratios), and the error profile
+is pandas' ``ewm(span, adjust=True)`` written as running sums,
+``num = w * num + x`` and ``den = w * den + 1`` with ``w = 1 - 2 / (span + 1)``; a missing
+error decays the sums without adding to them (``ignore_na=False``); a gap restarts both.
+One stated difference: a metric missing for longer than the buffer is forward-filled
+offline from an older value the buffer no longer holds, and is missing here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from eyenet.detection.detector import Detector
+from eyenet.detection.device_scaling import DeviceStats
+from eyenet.detection.features import window_targets
+from eyenet.detection.regime import RegimeState
+from eyenet.telemetry.schema import DEVICE, TIMESTAMP, from_ms, parse_timestamps, to_ms
+
+# Extra rows kept beyond one window, so a sample's window survives small reorderings.
+BUFFER_SLACK_ROWS = 2
+
+
+@dataclass
+class _DeviceState:
+    ts_ms: np.ndarray                  # buffered raw rows, oldest first
+    values: np.ndarray                 # (rows, metrics) float64
+    last_scored_ms: int | None = None
+    num: np.ndarray | None = None      # EWM running sums per feature
+    den: np.ndarray | None = None
+    scored: int = 0
+    anomalies: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class StreamScorer:
+    """Scores newly arrived samples of many devices per call, keeping per-device state.
+
+    Feed each sample once, in any device mix; samples of one device must arrive in time
+    order across calls (the collectors' validator guarantees it: late samples are
+    stored but not re-scored, see :meth:`update`).
+    """
+
+    def __init__(self, detector: Detector, buffer_rows: int | None = None,
+                 lookup: Callable[[str], DeviceStats | None] | None = None,
+                 regime_lookup: Callable[[str], RegimeState | None] | None = None) -> None:
+        detector.require_fitted()
+        self.detector = detector
+        self.metrics = list(detector.metrics)
+        self.window = detector.config.window_steps
+        self.buffer_rows = max(buffer_rows or 0, self.window + 1 + BUFFER_SLACK_ROWS)
+        self.decay = 1.0 - 2.0 / (detector.config.smoothing + 1.0)
+        self.smoothed = detector.smoothed  # a classifier's probability is not smoothed
+        # each device's regime, carried between calls (None when adaptation is off)
+        self.regimes = detector.regime_tracker(regime_lookup)
+        self.last_regime_changes: list[tuple[str, int, list[str]]] = []
+        # unseen devices' scale, learned from their first samples (lookup: learned earlier)
+        self.cold = detector.cold_start(lookup)
+        self.last_learned: list[tuple[str, DeviceStats]] = []
+        self._devices: dict[str, _DeviceState] = {}
+        # unscaled features of the rows the last update scored (drift tracking reads them)
+        self.last_features = np.empty((0, len(detector.feature_names)), np.float32)
+
+    @property
+    def devices(self) -> list[str]:
+        return list(self._devices)
+
+    def window_frame(self, device_id: str) -> pd.DataFrame:
+        """The raw rows buffered for one device (its live window), oldest first."""
+        return self._frame([device_id] if device_id in self._devices else [])
+
+    def _frame(self, device_ids: list[str]) -> pd.DataFrame:
+        """Buffered rows of these devices as one telemetry frame, built from arrays at once
+        (a frame per device costs more than the forward pass)."""
+        states = [self._devices[d] for d in device_ids]
+        values = np.vstack([s.values for s in states]) if states else np.empty((0, len(self.metrics)))
+        frame = pd.DataFrame(values, columns=self.metrics)
+        ts_ms = np.concatenate([s.ts_ms for s in states]) if states else np.empty(0, np.int64)
+        frame.insert(0, TIMESTAMP, from_ms(ts_ms))
+        rows_per_device = [len(s.ts_ms) for s in states]
+        frame.insert(0, DEVICE, np.repeat(np.asarray(device_ids, dtype=object), rows_per_device))
+        return frame
+
+    def update(self, samples: pd.DataFrame) -> pd.DataFrame:
+        """Score the rows of ``samples`` (validated telemetry) that are newer than what each
+        device has already had scored. Returns Detector.score's columns for those rows;
+        older rows (late arrivals) are left out, as their neighbours were already scored."""
+        self.last_features = np.empty((0, len(self.detector.feature_names)), np.float32)
+        self.last_regime_changes, self.last_learned = [], []
+        if samples.empty:
+            return self._empty()
+        ts_ms = to_ms(parse_timestamps(samples[TIMESTAMP])).to_numpy()
+        devices = samples[DEVICE].astype(str).to_numpy()
+        values = samples[self.metrics].to_numpy(np.float64, copy=True)
+        touched = self._append(devices, ts_ms, values)
+        if not touched:  # every sample was buffered already (a restarted collector re-sends)
+            return self._empty()
+        frame = self._frame(touched)
+        feats = self.detector.features(frame)
+        last_ms = np.array([self._devices[d].last_scored_ms or -1 for d in feats.device_ids])
+        new = feats.timestamps_ms > last_ms
+        # only new rows teach an unseen device its scale or move a device's regime
+        scaling = self.detector.scaled(feats, self.cold, advance=new)
+        self.last_learned = [(d, self.cold.learned[d]) for d in scaling.learned]
+        scaled, changes = self.detector.adapted(feats, scaling.scaled, self.regimes,
+                                                advance=new & ~scaling.learning)
+        segments = scaling.segments
+        targets = window_targets(segments, self.window)
+        is_target = np.zeros(len(feats), bool)
+        is_target[targets] = True
+        point_contrib, point_raw = self.detector.point_errors(scaled, np.flatnonzero(is_target & new))
+        contrib = np.full((len(feats), scaled.shape[1]), np.nan)
+        raw = np.full(len(feats), np.nan)
+        contrib[is_target & new] = point_contrib
+        if point_raw is not None:
+            raw[is_target & new] = point_raw
+        if self.smoothed:
+            self._smooth(feats.device_ids, segments, feats.timestamps_ms, new, contrib, raw)
+        rows = np.flatnonzero(new)
+        self.last_features = feats.values[rows]
+        scored = self.detector.scored_rows(feats, raw, contrib, is_target, changes, scaling.learning)
+        self.last_regime_changes = scored.regime_events()
+        out = scored.frame(rows)
+        self._trim(out)
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+    def _append(self, devices: np.ndarray, ts_ms: np.ndarray, values: np.ndarray) -> list[str]:
+        order = np.lexsort((ts_ms, devices))
+        devices, ts_ms, values = devices[order], ts_ms[order], values[order]
+        starts = np.flatnonzero(np.r_[True, devices[1:] != devices[:-1]])
+        ends = np.r_[starts[1:], len(devices)]
+        touched = []
+        for a, b in zip(starts, ends, strict=True):
+            device = str(devices[a])
+            state = self._devices.get(device)
+            if state is None:
+                state = self._devices[device] = _DeviceState(np.empty(0, np.int64),
+                                                             np.empty((0, len(self.metrics))))
+            seen = set(state.ts_ms.tolist())
+            keep = np.array([t not in seen for t in ts_ms[a:b]], bool)
+            if not keep.any():
+                continue
+            all_ts = np.r_[state.ts_ms, ts_ms[a:b][keep]]
+            all_values = np.vstack([state.values, values[a:b][keep]])
+            order_in = np.argsort(all_ts, kind="stable")
+            state.ts_ms, state.values = all_ts[order_in], all_values[order_in]
+            touched.append(device)
+        return touched
+
+    def _smooth(self, device_ids: np.ndarray, segments: np.ndarray, ts_ms: np.ndarray,
+                new: np.ndarray, contrib: np.ndarray, raw: np.ndarray) -> None:
+        """Advance each device's EWM sums over its new rows in time order, in place."""
+        n_feat = contrib.shape[1]
+        starts = np.flatnonzero(np.r_[True, device_ids[1:] != device_ids[:-1]])  # rows sorted by device
+        for a, b in zip(starts, np.r_[starts[1:], len(device_ids)], strict=True):
+            rows = np.arange(a, b)
+            fresh = rows[new[rows]]
+            if len(fresh) == 0:
+                continue
+            state = self._devices[device_ids[a]]
+            # continue the running sums only if the last scored row is in the same segment
+            prev = rows[ts_ms[rows] == (state.last_scored_ms or -1)]
+            same = len(prev) and state.num is not None and segments[prev[0]] == segments[fresh[0]]
+            num = state.num.copy() if same else np.zeros(n_feat)
+            den = state.den.copy() if same else np.zeros(n_feat)
+            segment = segments[fresh[0]]
+            for r in fresh:
+                if segments[r] != segment:
+                    num, den, segment = np.zeros(n_feat), np.zeros(n_feat), segments[r]
+                x = contrib[r]
+                finite = np.isfinite(x)
+                num = self.decay * num + np.where(finite, x, 0.0)
+                den = self.decay * den + finite
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    contrib[r] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+                raw[r] = contrib[r].sum()
+            state.num, state.den = num, den
+
+    def _trim(self, scored: pd.DataFrame) -> None:
+        if scored.empty:
+            return
+        devices = scored[DEVICE].to_numpy()
+        ts_ms = to_ms(scored[TIMESTAMP]).to_numpy()
+        flags = scored["is_anomaly"].to_numpy()
+        ends = np.r_[np.flatnonzero(devices[1:] != devices[:-1]), len(devices) - 1]  # sorted by device
+        starts = np.r_[0, ends[:-1] + 1]
+        for a, b in zip(starts, ends, strict=True):
+            state = self._devices[devices[a]]
+            state.last_scored_ms = int(ts_ms[a:b + 1].max())
+            state.ts_ms, state.values = state.ts_ms[-self.buffer_rows:], state.values[-self.buffer_rows:]
+            state.scored += int(b + 1 - a)
+            state.anomalies += int(flags[a:b + 1].sum())
+
+    def _empty(self) -> pd.DataFrame:
+        return pd.DataFrame({DEVICE: pd.Series(dtype=object), TIMESTAMP: from_ms([]),
+                             "score": pd.Series(dtype=float), "raw_score": pd.Series(dtype=float),
+                             "threshold": pd.Series(dtype=float), "is_anomaly": pd.Series(dtype=bool),
+                             "top_features": pd.Series(dtype=object), "top_feature": pd.Series(dtype=object),
+                             "learning": pd.Series(dtype=bool), "regime_change": pd.Series(dtype=object)})
