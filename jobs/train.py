@@ -1,326 +1,42 @@
-"""Train the detector on Ray Train (``TorchTrainer``, DDP over ``--workers``).
-
-Data reaches the workers as Ray Data datasets: the scaled history is cut into chunks of
-consecutive rows (each with the ``window`` rows before its first target), and each worker
-expands only its own shard of chunks into windows while it trains. Chunks are what moves
-between processes, not windows, so the object store holds the history once rather than
-``window`` times over. :func:`store_chunk_dataset` builds the same chunks from the store
-inside Ray Data tasks, so a fleet history larger than the driver's memory still trains.
-
-Each epoch rank 0 reports a checkpoint holding the current weights, the optimizer, the
-early-stopping state and the best weights so far; after a worker dies, Ray Train
-(``FailureConfig``) restarts the group and the loop resumes from that checkpoint.
-
-Run as a job: ``python -m jobs.train --train FILE.csv`` or ``--from-store``.
-"""
+"""``eyenet train``: history from a CSV or the store -> Ray Train (or Tune) -> registry (staging)."""
 
 from __future__ import annotations
 
-import copy
-import os
+import argparse
 import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import torch
-
-from eyenet.config import DetectorConfig, EyeNetConfig
-from eyenet.detection.detector import Detector, TrainingData
-from eyenet.detection.features import window_targets, windows_at
-from eyenet.detection.networks import loss_fn
-from eyenet.detection.training import (
-    EarlyStopping,
-    FitResult,
-    build_net,
-    eval_loss,
-    out_of_time,
-    seed_everything,
-    train_epoch,
-)
-from eyenet.errors import EyeNetError
-
-CHUNK_TARGETS = 2048
-STATE_FILE = "state.pt"
-STREAM_WINDOWS = 4096
-EVAL_BATCH = 1024
-# Ray Data's expansion tasks are light numpy; they ask for a quarter CPU, and workers leave
-# half a CPU of the cluster to them, so Train and Data never wait on each other for a
-# scheduling slot on a small machine (2 workers on 2 cores, or a Tune trial's driver).
-DATA_TASK_CPUS = 0.25
-DATA_RESERVE_CPUS = 0.5
+from eyenet.config import EyeNetConfig
+from eyenet.detection.datasets import read_metric_csv
+from eyenet.errors import TelemetryError
+from eyenet.models.registry import ModelRegistry, ModelVersion
+from eyenet.store import open_store
+from jobs.detect import config_for, fit_detector
+from jobs.train import flag_incidents
 
 
-def chunk_arrays(data: TrainingData, targets: np.ndarray, window: int,
-                 chunk_targets: int = CHUNK_TARGETS) -> list[dict[str, np.ndarray]]:
-    """Cut the scaled history into fixed-size chunks: rows, target mask and label.
-
-    A chunk covers the targets in ``chunk_targets`` consecutive rows (fewer where windows
-    were left out) plus the ``window`` rows before the first, so every chunk has the same
-    shape whatever gaps the targets have.
-    """
-    n_feat = data.scaled.shape[1]
-    rows_len = chunk_targets + window
-    chunks = []
-    i = 0
-    while i < len(targets):
-        first_target = int(targets[i])
-        end = int(np.searchsorted(targets, first_target + chunk_targets, side="left"))
-        part = targets[i:end]
-        first = first_target - window
-        span = slice(first, int(part[-1]) + 1)
-        rows = np.zeros((rows_len, n_feat), np.float32)
-        rows[:span.stop - first] = data.scaled[span]
-        mask = np.zeros(rows_len, bool)
-        mask[part - first] = True
-        label = np.zeros(rows_len, np.float32)
-        label[:span.stop - first] = data.features.flagged[span]
-        chunks.append({"rows": rows, "is_target": mask, "label": label})
-        i = end
-    return chunks
-
-
-def expand_chunks(batch: dict[str, np.ndarray], window: int, objective: str) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` step: chunks -> (window inputs ``x``, targets ``y``)."""
-    xs, ys = [], []
-    for rows, mask, label in zip(batch["rows"], batch["is_target"], batch["label"], strict=True):
-        t = np.flatnonzero(mask)
-        xs.append(windows_at(rows, t, window))
-        ys.append(rows[t] if objective == "forecast" else label[t][:, None])
-    return {"x": np.concatenate(xs), "y": np.concatenate(ys)}
-
-
-def chunk_dataset(chunks: list[dict[str, np.ndarray]], window: int, objective: str) -> Any:
-    import ray.data
-
-    return ray.data.from_items(chunks).map_batches(
-        expand_chunks, fn_kwargs={"window": window, "objective": objective}, batch_size=1,
-        num_cpus=DATA_TASK_CPUS)
-
-
-def store_chunk_dataset(store_uri: str, detector: Detector, devices: list[str], start_ms: int,
-                        end_ms: int, span_ms: int) -> Any:
-    """Chunks read from the store inside Ray Data tasks, one device time span per task.
-
-    ``detector`` must be prepared (its scaler fitted); each span is read with enough lead
-    for its first window. Windows touching flagged samples are left out, as in training.
-    """
-    import ray.data
-
-    lead_ms = int(detector.config.window_steps * detector.gap_s * 1000)
-    specs = [{"device_id": d, "start_ms": s, "end_ms": min(s + span_ms, end_ms)}
-             for d in devices for s in range(start_ms, end_ms, span_ms)]
-    window, n_feat = detector.config.window_steps, len(detector.feature_names)
-
-    def load(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from eyenet.store import open_store
-
-        store = open_store(store_uri)
-        xs, ys = [np.zeros((0, window, n_feat), np.float32)], [np.zeros((0, n_feat), np.float32)]
-        for device_id, start, end in zip(batch["device_id"], batch["start_ms"], batch["end_ms"],
-                                         strict=True):
-            frame = store.read_range((int(start) - lead_ms) / 1000.0, int(end) / 1000.0,
-                                     device_ids=[str(device_id)])
-            if len(frame) <= window:
-                continue
-            feats = detector.features(frame)
-            scaled = detector.scaled(feats).scaled
-            targets = window_targets(feats.segments, window, feats.flagged)
-            targets = targets[feats.timestamps_ms[targets] >= start]
-            xs.append(windows_at(scaled, targets, window))
-            ys.append(scaled[targets])
-        return {"x": np.concatenate(xs), "y": np.concatenate(ys)}
-
-    return ray.data.from_items(specs).map_batches(load, batch_size=1, num_cpus=DATA_TASK_CPUS)
-
-
-def _batches(shard: Any, batch_size: int, device: torch.device, seed: int | None) -> Any:
-    """Mini-batches of a dataset shard; shuffled when a seed is given.
-
-    Ray Data hands over large blocks (``STREAM_WINDOWS``), shuffled in a local buffer, and
-    the worker cuts them into mini-batches itself: fetching each 32-window batch from Ray
-    Data costs more than the forward and backward pass it feeds.
-    """
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    for block in shard.iter_torch_batches(
-            batch_size=STREAM_WINDOWS, dtypes=torch.float32,
-            local_shuffle_buffer_size=2 * STREAM_WINDOWS if seed is not None else None,
-            local_shuffle_seed=seed):
-        x, y = block["x"], block["y"]
-        order = torch.randperm(len(x), generator=generator) if generator is not None else None
-        for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
-            yield x[idx].to(device), y[idx].to(device)
-
-
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker."""
-    import ray.train
-    import ray.train.torch
-
-    cfg = DetectorConfig.model_validate(loop_config["detector"])
-    max_epochs = loop_config.get("max_epochs") or cfg.max_epochs
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    # Ray pins a 1-CPU worker to one thread; on CPU, the workers of a node share its cores
-    # as a plain process would use them all (Ray Data's expansion tasks are light).
-    if not loop_config.get("gpus"):
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
-    seed_everything(cfg.seed)
-    base = build_net(cfg, loop_config["n_features"])
-    net = ray.train.torch.prepare_model(base)
-    device = ray.train.torch.get_device()
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
-    loss = loss_fn(cfg.objective)
-    stopper = EarlyStopping(cfg.patience_epochs, cfg.min_delta)
-    best_state, history, start_epoch, resumed_from = copy.deepcopy(base.state_dict()), [], 0, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            saved = torch.load(Path(ckpt_dir) / STATE_FILE, weights_only=True, map_location=device)
-        base.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        stopper = EarlyStopping(cfg.patience_epochs, cfg.min_delta, **saved["stopper"])
-        best_state, history = saved["best"], saved["history"]
-        start_epoch = resumed_from = int(saved["epoch"]) + 1
-    fault = loop_config.get("fault_injection") or {}
-    loop_started = time.perf_counter()
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    for epoch in range(start_epoch, max_epochs):
-        if fault.get("epoch") == epoch and rank == 0 and not os.path.exists(fault["marker"]):
-            Path(fault["marker"]).touch()  # die once, as a crashed worker would
-            os._exit(1)
-        started = time.perf_counter()
-        torch.manual_seed(cfg.seed + epoch)  # dropout masks repeat run to run
-        train_loss, seen = train_epoch(net, _batches(train_shard, cfg.batch_size, device,
-                                                     hash((cfg.seed, epoch, rank)) % 2**31),
-                                       optimizer, loss)
-        seconds = time.perf_counter() - started
-        val_loss, val_seen = eval_loss(net, _batches(val_shard, EVAL_BATCH, device, None), loss)
-        # the time budget counts from this (re)start: a resumed run gets a fresh allowance
-        late = out_of_time(cfg, time.perf_counter() - loop_started)
-        if world > 1:  # every rank must take the same stopping decisions
-            totals = torch.tensor([val_loss * val_seen, val_seen, seen, float(late)], dtype=torch.float64)
-            torch.distributed.all_reduce(totals)
-            val_loss, seen, late = float(totals[0] / max(totals[1], 1)), int(totals[2]), bool(totals[3])
-        if stopper.update(epoch, val_loss):
-            best_state = copy.deepcopy(base.state_dict())
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               "best_val_loss": stopper.best, "train_samples": seen,
-               "samples_per_s": seen / seconds if seconds > 0 else 0.0,
-               "resumed_from_epoch": resumed_from if resumed_from is not None else -1}
-        history.append(row)
-        if rank == 0:
-            print(f"epoch {epoch}: train_loss={train_loss:.5f} val_loss={val_loss:.5f} "
-                  f"best={stopper.best:.5f} ({seen / max(seconds, 1e-9):,.0f} windows/s)", flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save({"model": base.state_dict(), "optimizer": optimizer.state_dict(),
-                            "stopper": stopper.state(), "best": best_state, "history": history,
-                            "epoch": epoch}, Path(tmp) / STATE_FILE)
-                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(row)
-        if stopper.should_stop or late:
-            break
-
-
-def train_on_ray(detector: Detector, data: TrainingData, *, workers: int = 1, gpus: float = 0,
-                 storage_path: str | None = None, max_failures: int = 2, max_epochs: int | None = None,
-                 callbacks: list[Any] | None = None, run_name: str | None = None,
-                 fault_injection: dict[str, Any] | None = None,
-                 cpus_per_worker: float | None = None) -> FitResult:
-    """Fit ``detector``'s network on prepared ``data`` with a TorchTrainer; returns the best weights."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    cfg = detector.config
-    if workers < 1:
-        raise EyeNetError(f"workers must be >= 1, got {workers}")
-    if gpus < 0:
-        raise EyeNetError(f"gpus must be >= 0, got {gpus}")
-    datasets = {"train": chunk_dataset(chunk_arrays(data, data.train_targets, cfg.window_steps),
-                                       cfg.window_steps, cfg.objective),
-                "val": chunk_dataset(chunk_arrays(data, data.val_targets, cfg.window_steps),
-                                     cfg.window_steps, cfg.objective)}
-    if cpus_per_worker is None:
-        cpus_per_worker = worker_cpus(workers)
-    resources = {"CPU": cpus_per_worker, **({"GPU": gpus / workers} if gpus else {})}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"detector": cfg.model_dump(mode="json"),
-                           "n_features": data.scaled.shape[1], "max_epochs": max_epochs,
-                           "fault_injection": fault_injection, "gpus": gpus},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus),
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=run_name or f"eyenet-train-{int(time.time() * 1000)}",
-            storage_path=storage_path or tempfile.mkdtemp(prefix="eyenet-train-"),
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            callbacks=callbacks),
-        datasets=datasets)
-    started = time.perf_counter()
-    result = trainer.fit()
-    return fit_result_from_checkpoint(result.checkpoint, time.perf_counter() - started)
-
-
-def worker_cpus(workers: int, share_of_cluster: float = 1.0) -> float:
-    """CPU to request per Train worker: one, or less where the cluster is too small to
-    also leave room for Ray Data (``share_of_cluster``: of the CPUs, for concurrent trials)."""
-    import ray
-
-    total = float(ray.cluster_resources().get("CPU", 1.0)) * share_of_cluster
-    return max(0.1, min(1.0, (total - DATA_RESERVE_CPUS) / workers))
-
-
-def fit_result_from_checkpoint(checkpoint: Any, seconds: float = float("nan")) -> FitResult:
-    if checkpoint is None:
-        raise EyeNetError("training finished without a checkpoint (no epoch completed)")
-    with checkpoint.as_directory() as ckpt_dir:
-        saved = torch.load(Path(ckpt_dir) / STATE_FILE, weights_only=True, map_location="cpu")
-    stopper = saved["stopper"]
-    return FitResult(saved["best"], saved["history"], stopper["best_epoch"], stopper["best"],
-                     sum(int(h["train_samples"]) for h in saved["history"]), seconds)
-
-
-def train_detector(frame: pd.DataFrame, config: EyeNetConfig, *, workers: int = 1, gpus: float = 0,
-                   storage_path: str | None = None, max_epochs: int | None = None) -> Detector:
-    """Prepare, train on Ray, calibrate: a fitted detector for ``config.metrics``."""
-    detector = Detector(config.detector, config.metrics, config.gap_s)
-    data = detector.prepare(frame)
-    result = train_on_ray(detector, data, workers=workers, gpus=gpus, storage_path=storage_path,
-                          max_epochs=max_epochs) if config.detector.needs_network else None
-    return detector.finish(result, data)
-
-
-def flag_incidents(frame: pd.DataFrame, events: list[Any], tolerance_s: float) -> pd.DataFrame:
-    """Label samples within ``tolerance_s`` of a stored anomaly event of their device as 1,
-    so training leaves out the windows around incidents already found."""
-    from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, to_ms
-
-    frame = frame.copy()
-    label = pd.to_numeric(frame[LABEL], errors="coerce").fillna(0).to_numpy() if LABEL in frame \
-        else np.zeros(len(frame))
-    ts_ms = to_ms(pd.to_datetime(frame[TIMESTAMP], utc=True)).to_numpy()
-    devices = frame[DEVICE].astype(str).to_numpy()
-    for event in events:
-        if event.device_id is None:
-            continue
-        # live anomaly events cover an episode (payload start_ms..end_ms); others a moment
-        start = int(event.payload.get("start_ms", pd.Timestamp(event.ts).value // 1_000_000))
-        end = int(event.payload.get("end_ms", start))
-        near = (ts_ms >= start - tolerance_s * 1000) & (ts_ms <= end + tolerance_s * 1000)
-        label[(devices == event.device_id) & near] = 1
-    frame[LABEL] = label.astype(np.int64)
-    return frame
-
-
-if __name__ == "__main__":
-    import sys
-
-    from jobs.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))
+def run_train(args: argparse.Namespace, config: EyeNetConfig, **train_kw: Any) -> ModelVersion:
+    store = open_store(config.store_uri)
+    if args.train_csv:
+        frame, metrics = read_metric_csv(args.train_csv)
+        config, source = config_for(config, metrics, frame), args.train_csv
+    else:
+        frame = store.read_range(args.since, args.until, device_ids=args.device)
+        source = f"store {config.store_uri} ({len(frame)} samples)"
+        if frame.empty:
+            raise TelemetryError(f"{source}: no samples to train on")
+        frame = flag_incidents(frame, store.list_events(args.since, args.until, kind="anomaly",
+                                                        limit=100_000),
+                               tolerance_s=config.sample_interval_s / 2)  # the event's own sample
+    detector, extra = fit_detector(frame, config, source=source, tune=args.tune, trials=args.trials,
+                                   time_budget_s=args.time_budget_s, **train_kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        detector.save(tmp)
+        metrics = {"kind": detector.model.kind,
+                   "best_val_loss": detector.training.get("best_val_loss"),
+                   "epochs": detector.training.get("epochs"),
+                   "raw_threshold": detector.calibrator.threshold,
+                   **({"tuned_params": extra["tuned_params"]} if "tuned_params" in extra else {})}
+        return ModelRegistry(store, config.artifact_root).register(
+            tmp, name=args.name, metrics=metrics, config=config.to_dict(),
+            tags={"source": str(source), "tuned": str(bool(args.tune))})

@@ -28,7 +28,7 @@ from eyenet.errors import (
     RegistryConflictError,
     RegistryError,
 )
-from eyenet.models.artifacts import ArtifactStore, load_weights
+from eyenet.models.artifacts import ArtifactStore
 from eyenet.store.base import Event, Store
 
 DEFAULT_MODEL_NAME = "eyenet-detector"
@@ -129,20 +129,10 @@ class ModelRegistry:
         state, _ = self._state(name)
         return None if state["production"] is None else self.get(name, state["production"])
 
-    def latest(self, name: str = DEFAULT_MODEL_NAME, state: str | None = None) -> ModelVersion | None:
-        """Newest version, optionally only among those in ``state``."""
-        if state is not None and state not in (STAGING, PRODUCTION, ARCHIVED):
-            raise RegistryError(f"unknown state {state!r}; expected staging, production or archived")
-        versions = [v for v in self.list(name) if state is None or v.state == state]
-        return versions[-1] if versions else None
-
     def fetch(self, name: str, version: int, cache_dir: str | os.PathLike[str] | None = None) -> Path:
         """A verified local copy of the version's artifacts."""
         mv = self.get(name, version)
         return self.artifacts.fetch(mv.artifact_path, mv.manifest_sha256, cache_dir)
-
-    def load_weights(self, name: str, version: int, filename: str = "weights.pt") -> dict[str, Any]:
-        return load_weights(self.fetch(name, version) / filename)
 
     # -- lifecycle --------------------------------------------------------------------------
     def promote(self, name: str, version: int, gates: Sequence[Gate] = ()) -> ModelVersion:

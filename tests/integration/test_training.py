@@ -38,10 +38,10 @@ def config(**detector: object) -> EyeNetConfig:
 
 
 def test_ray_train_fits_registers_and_reloads_the_same_detector(tmp_path):
-    from jobs.train import train_detector
+    from jobs.fitting import fit_detector
 
     cfg = config()
-    detector = train_detector(fleet(), cfg)
+    detector, _ = fit_detector(fleet(), cfg, source="fleet")
     assert 1 <= detector.training["epochs"] <= 3
     assert np.isfinite(detector.training["best_val_loss"])
     registry = ModelRegistry(open_store(f"sqlite:///{tmp_path}/s.db"), tmp_path / "artifacts")
@@ -54,7 +54,7 @@ def test_ray_train_fits_registers_and_reloads_the_same_detector(tmp_path):
 
 
 def test_training_resumes_from_checkpoint_after_a_worker_dies(tmp_path):
-    from jobs.train import train_on_ray
+    from jobs.ray_train import train_on_ray
 
     cfg = config(max_epochs=4, patience_epochs=10)
     detector = Detector(cfg.detector, cfg.metrics, cfg.gap_s)
@@ -75,7 +75,7 @@ def test_training_resumes_from_checkpoint_after_a_worker_dies(tmp_path):
 def test_tune_with_a_tiny_budget_returns_the_best_trial_as_a_detector():
     from ray import tune
 
-    from jobs.tune import tune_detector
+    from jobs.ray_tune import tune_detector
 
     space = {"hidden_size": tune.choice([4, 8]), "window_steps": tune.choice([6, 8]),
              "learning_rate": tune.choice([1e-3, 3e-3])}
@@ -89,7 +89,7 @@ def test_tune_with_a_tiny_budget_returns_the_best_trial_as_a_detector():
 
 
 def test_store_streamed_dataset_yields_every_unflagged_window(tmp_path):
-    from jobs.train import store_chunk_dataset
+    from jobs.ray_train import store_chunk_dataset
 
     uri = f"sqlite:///{tmp_path}/s.db"
     frame = fleet(rows=200)
@@ -144,7 +144,7 @@ def test_train_cli_from_store_leaves_out_incidents_and_registers_staging(tmp_pat
                  "--artifact-root", str(tmp_path / "artifacts")])
     assert code == 0, capsys.readouterr().err
     registry = ModelRegistry(store, tmp_path / "artifacts")
-    mv = registry.latest()
+    mv = registry.list()[-1]
     assert mv.version == 1 and mv.state == "staging" and mv.metrics["epochs"] == 2
     detector = Detector.load(registry.fetch(mv.name, mv.version))
     assert detector.training["excluded_flagged_rows"] == 1
@@ -160,14 +160,14 @@ def test_train_cli_with_tune_registers_the_best_trial(tmp_path, capsys):
                  "--time-budget-s", "240", "--max-epochs", "1", "--store", f"sqlite:///{tmp_path}/s.db",
                  "--artifact-root", str(tmp_path / "artifacts")])
     assert code == 0, capsys.readouterr().err
-    mv = ModelRegistry(open_store(f"sqlite:///{tmp_path}/s.db"), tmp_path / "artifacts").latest()
+    mv = ModelRegistry(open_store(f"sqlite:///{tmp_path}/s.db"), tmp_path / "artifacts").list()[-1]
     assert mv.state == "staging" and mv.tags["tuned"] == "True"
     params = mv.metrics["tuned_params"]
     assert params["hidden_size"] in (32, 64, 128) and params["window_steps"] in (20, 30, 60)
 
 
 def test_two_ddp_workers_train_on_their_own_shards():
-    from jobs.train import train_on_ray
+    from jobs.ray_train import train_on_ray
 
     cfg = config(max_epochs=2, patience_epochs=5)
     detector = Detector(cfg.detector, cfg.metrics, cfg.gap_s)
