@@ -28,6 +28,7 @@ from eyenet.sources.incidents import Incident
 from eyenet.sources.simulator import SimulatedSource
 from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP
 from eyenet.telemetry.validation import TelemetryValidator
+from jobs.options import FleetBenchOptions, job_main, print_result
 
 DAY_MS = 86_400_000
 INCIDENT_KINDS = ("ddos_burst", "latency_spike", "link_down", "slow_exfiltration")
@@ -113,9 +114,12 @@ def run_fleet_bench(config: EyeNetConfig, *, devices: int = 1000, train_devices:
         "fit_seconds": fitted_s, "seconds": time.perf_counter() - started}
 
 
+def main(config: EyeNetConfig, options: FleetBenchOptions) -> int:
+    print_result(run_fleet_bench(config, devices=options.devices, train_devices=options.train_devices,
+                                 incident_devices=options.incident_devices), options.json)
+    return 0
+
+
 if __name__ == "__main__":
-    import sys
-
-    from jobs.cli import main
-
-    sys.exit(main(["bench", "fleet", *sys.argv[1:]]))
+    raise SystemExit(job_main(FleetBenchOptions, main, prog="python -m jobs.bench_fleet",
+                              description=__doc__))

@@ -33,6 +33,7 @@ from eyenet.sources.simulator import SimulatedSource
 from eyenet.store import open_store
 from eyenet.telemetry.schema import DEVICE, TIMESTAMP, to_ms
 from eyenet.telemetry.validation import TelemetryValidator
+from jobs.options import PipelineBenchOptions, job_main, print_result
 
 # The model sees every device (levels differ by orders of magnitude across the fleet, and
 # the features are not normalised per device) over a short history.
@@ -216,3 +217,15 @@ def _bulk_scoring(config: EyeNetConfig, pipeline: Any, store: Any, version: int)
             "bulk_windows_per_s_one_process": round(local_windows / local_s, 1),
             "bulk_pool_vs_one_process": round((windows / pool_s) / (local_windows / local_s), 2),
             "bulk_frame_rows": len(frame), "bulk_devices": int(frame[DEVICE].nunique())}
+
+
+def main(config: EyeNetConfig, options: PipelineBenchOptions) -> int:
+    print_result(run_pipeline_bench(config, devices=options.devices, seconds=options.seconds,
+                                    devices_per_actor=options.devices_per_actor,
+                                    feature_actors=options.feature_actors), options.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(job_main(PipelineBenchOptions, main, prog="python -m jobs.bench_pipeline",
+                              description=__doc__))

@@ -31,6 +31,7 @@ from fastapi import FastAPI
 from ray import serve
 
 from eyenet.config import EyeNetConfig
+from jobs.options import ServeBenchOptions, job_main, print_result
 
 WARMUP_S = 2.0
 LOAD_PROCESSES = 2
@@ -230,3 +231,13 @@ def run_serve_bench(clients: int = 16, seconds: float = 15.0,
     result["predict_vs_bare"] = round(result["predict"]["requests_per_s"]
                                       / result["bare_predict"]["requests_per_s"], 2)
     return result
+
+
+def main(config: EyeNetConfig, options: ServeBenchOptions) -> int:
+    print_result(run_serve_bench(clients=options.clients, seconds=options.seconds), options.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(job_main(ServeBenchOptions, main, prog="python -m jobs.bench_serve",
+                              description=__doc__))

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eyenet.config import DEFAULT_METRICS
+from eyenet.config import DEFAULT_METRICS, EyeNetConfig
 from eyenet.store import open_store
 from eyenet.store.sqlite import CACHE_KIB, WAL_CHECKPOINT_PAGES
 from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP
+from jobs.options import StoreBenchOptions, job_main, print_result
 
 TARGETS = {"write_samples_per_s": 100_000, "last_window_ms_median": 5.0}
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
@@ -178,3 +179,14 @@ def run_store_bench(uri: str | None = None, devices: int = 1000, samples: int = 
         "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
         "platform": platform.platform(),
     }
+
+
+def main(config: EyeNetConfig, options: StoreBenchOptions) -> int:
+    print_result(run_store_bench(uri=options.uri, devices=options.devices, samples=options.samples,
+                                 batch_size=options.batch_size, reads=options.reads), options.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(job_main(StoreBenchOptions, main, prog="python -m jobs.bench_store",
+                              description=__doc__))

@@ -19,6 +19,7 @@ import torch
 from eyenet.config import EyeNetConfig
 from eyenet.detection.detector import Detector
 from eyenet.detection.training import fit_in_process
+from jobs.options import TrainBenchOptions, job_main, print_result
 
 
 def synthetic_history(rows: int, n_metrics: int, seed: int = 0) -> pd.DataFrame:
@@ -40,7 +41,7 @@ def _steady(history: list[dict[str, float]]) -> float:
 def run_train_bench(*, rows: int = 20_000, metrics: int = 38, epochs: int = 3, workers: int = 1,
                     gpus: float = 0, batch_size: int = 32) -> dict[str, Any]:
     from jobs._ray import ensure_ray
-    from jobs.train import train_on_ray
+    from jobs.ray_train import train_on_ray
 
     frame = synthetic_history(rows, metrics)
     names = [c for c in frame.columns if c.startswith("m")]
@@ -67,3 +68,15 @@ def run_train_bench(*, rows: int = 20_000, metrics: int = 38, epochs: int = 3, w
             "ray_end_to_end_s": round(wall, 2),
             "plain_epoch_samples_per_s": [round(r["samples_per_s"], 1) for r in plain.history],
             "ray_epoch_samples_per_s": [round(r["samples_per_s"], 1) for r in ray_fit.history]}
+
+
+def main(config: EyeNetConfig, options: TrainBenchOptions) -> int:
+    print_result(run_train_bench(rows=options.rows, metrics=options.metrics, epochs=options.epochs,
+                                 workers=options.workers, gpus=options.gpus, batch_size=options.batch_size),
+                 options.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(job_main(TrainBenchOptions, main, prog="python -m jobs.bench_train",
+                              description=__doc__))

@@ -27,6 +27,7 @@ from typing import Any
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError, PipelineError
+from jobs.options import EXIT_ERROR, DemoOptions, IngestOptions, TrainOptions, job_main
 
 # The incidents of the live phase: (kind, device index, start after the live phase
 # starts in s, duration in s). Late enough that the replicas are warm, long enough to see.
@@ -49,10 +50,9 @@ def run_demo(base: EyeNetConfig, *, directory: str, devices: int, history_s: flo
     from eyenet.models.gates import promotion_gates
     from eyenet.models.registry import ModelRegistry
     from eyenet.store import open_store
-    from jobs.cli import build_parser
     from jobs.ingest import run_ingest
     from jobs.serve import run_serve
-    from jobs.train_cli import run_train
+    from jobs.train import run_train
 
     if devices < max(i for _, i, _, _ in INCIDENTS) + 2:
         raise ConfigError(f"--devices must be at least 9 (the incidents hit dev-0003 and dev-0007), "
@@ -64,16 +64,14 @@ def run_demo(base: EyeNetConfig, *, directory: str, devices: int, history_s: flo
     shutil.rmtree(root, ignore_errors=True)  # a fresh store each run: the demo's own
     root.mkdir(parents=True)
     config = demo_config(base, root, port, train_time_s)
-    parser = build_parser()
     started = time.time()
 
     def step(text: str) -> None:
         print(f"[{time.time() - started:5.0f} s] {text}", flush=True)
 
     step(f"1/5 ingesting {history_s:g} s of history for {devices} simulated devices into {config.store_uri}")
-    history = run_ingest(config, parser.parse_args(
-        ["ingest", "--source", "simulated", "--devices", str(devices), "--history-s", str(history_s),
-         "--until-caught-up", "--garbage-rate", "0.002", "--no-score"]))
+    history = run_ingest(config, IngestOptions(source="simulated", devices=devices, history_s=history_s,
+                                               until_caught_up=True, garbage_rate=0.002, no_score=True))
     totals, reasons = history["totals"], history["reasons"]
     rejected = {k: v for k, v in reasons.items() if not k.startswith("repaired:")}
     repaired = sum(v for k, v in reasons.items() if k.startswith("repaired:"))
@@ -82,7 +80,7 @@ def run_demo(base: EyeNetConfig, *, directory: str, devices: int, history_s: flo
          f"{totals.get('rejected', 0):,} samples ({why})")
 
     step(f"2/5 training the LSTM detector on Ray Train (at most {train_time_s:g} s)")
-    mv = run_train(parser.parse_args(["train", "--from-store"]), config, workers=1, gpus=0, max_epochs=None)
+    mv = run_train(config, TrainOptions(from_store=True))
     registry = ModelRegistry(open_store(config.store_uri), config.artifact_root)
     mv = registry.promote(mv.name, mv.version, gates=promotion_gates(config, registry))
     loss = mv.metrics.get("best_val_loss", float("nan"))
@@ -95,16 +93,16 @@ def run_demo(base: EyeNetConfig, *, directory: str, devices: int, history_s: flo
 
     step(f"4/5 live for {seconds:g} s with incidents: "
          + "; ".join(f"{k} on dev-{i:04d} at +{s} s for {d} s" for k, i, s, d in INCIDENTS))
-    live_args = ["ingest", "--source", "simulated", "--devices", str(devices), "--seconds", str(seconds)]
-    for kind, index, start, duration in INCIDENTS:
-        live_args += ["--incident", f"{kind}:dev-{index:04d}:{start}:{duration}"]
+    live_options = IngestOptions(source="simulated", devices=devices, seconds=seconds,
+                                 incident=[f"{kind}:dev-{index:04d}:{start}:{duration}"
+                                           for kind, index, start, duration in INCIDENTS])
     asked = [f"dev-{i:04d}" for _, i, _, _ in INCIDENTS] + ["dev-0000"]
     stop = threading.Event()
     answers: list[dict[str, Any]] = []
     poller = threading.Thread(target=_ask_predict, args=(url, asked, stop, answers, step), daemon=True)
     poller.start()
     try:
-        live = run_ingest(config, parser.parse_args(live_args))
+        live = run_ingest(config, live_options)
     finally:
         stop.set()
         poller.join()
@@ -171,9 +169,12 @@ def _print_report(report: dict[str, Any], store: Any, step: Any) -> None:
          f"latency p50 {latency.get('p50_ms') or 0:.1f} ms, p99 {latency.get('p99_ms') or 0:.1f} ms")
 
 
+def main(config: EyeNetConfig, options: DemoOptions) -> int:
+    result = run_demo(config, directory=options.dir, devices=options.devices, history_s=options.history_s,
+                      seconds=options.seconds, port=options.port, train_time_s=options.train_time_s)
+    return 0 if result["incident_devices_found"] else EXIT_ERROR
+
+
 if __name__ == "__main__":
-    import sys
-
-    from jobs.cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))
+    raise SystemExit(job_main(DemoOptions, main, prog="python -m jobs.demo",
+                              description=__doc__))

@@ -18,47 +18,11 @@ from typing import Any
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.detection.datasets import read_metric_csv, sample_interval_s
-from eyenet.detection.detector import Detector
-from eyenet.errors import ConfigError, EyeNetError, TelemetryError
+from eyenet.detection.datasets import read_metric_csv
+from eyenet.errors import EyeNetError
 from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, to_ms
-
-
-def config_for(config: EyeNetConfig, metrics: list[str], frame: pd.DataFrame) -> EyeNetConfig:
-    """``config`` with the file's metrics (gauges: CSV values are already rates) and spacing."""
-    interval = sample_interval_s(frame)
-    data = {**config.to_dict(), "metrics": metrics, "counter_metrics": [], "metric_max": {},
-            "sample_interval_s": interval, "window_s": max(config.window_s, interval)}
-    return EyeNetConfig.from_dict(data)
-
-
-def fit_detector(train: pd.DataFrame, config: EyeNetConfig, *, source: str, tune: bool = False,
-                 trials: int = 8, time_budget_s: float = 600.0, workers: int = 1, gpus: float = 0,
-                 max_epochs: int | None = None) -> tuple[Detector, dict[str, Any]]:
-    """Train on Ray (tuned or not); errors about the data name ``source``. Kinds without a
-    network (pca, kmeans) fit in this process in seconds and never start Ray."""
-    from jobs._ray import ensure_ray
-    from jobs.train import train_on_ray
-    from jobs.tune import tune_detector
-
-    detector = Detector(config.detector, config.metrics, config.gap_s)
-    if tune and not config.detector.needs_network:
-        raise ConfigError(f"--tune searches the LSTM's hyperparameters; detector kind "
-                          f"{config.detector.kind!r} trains no LSTM", "detector.kind", config.detector.kind)
-    try:  # checks the data before Ray starts; a tuned trial prepares its own window size
-        data = detector.prepare(train)
-    except TelemetryError as exc:
-        raise TelemetryError(f"{source}: {exc}") from exc
-    if not config.detector.needs_network:
-        return detector.finish(None, data), {}
-    ensure_ray()
-    if tune:
-        detector, params, trials_table = tune_detector(
-            train, config, trials=trials, time_budget_s=time_budget_s, workers=workers,
-            gpus=gpus, max_epochs=max_epochs)
-        return detector, {"tuned_params": params, "trials": trials_table}
-    result = train_on_ray(detector, data, workers=workers, gpus=gpus, max_epochs=max_epochs)
-    return detector.finish(result, data), {}
+from jobs.fitting import config_for, fit_detector
+from jobs.options import DetectOptions, job_main
 
 
 def run_detect(train_csv: str, test_csv: str, out_csv: str, config: EyeNetConfig, **train_kw: Any) -> dict:
@@ -96,9 +60,13 @@ def run_detect(train_csv: str, test_csv: str, out_csv: str, config: EyeNetConfig
             "training": detector.training, **extra}
 
 
+def main(config: EyeNetConfig, options: DetectOptions) -> int:
+    summary = run_detect(options.train, options.test, options.out, config, **options.train_kw)
+    print(f"wrote {summary['rows']} rows ({summary['anomalies']} anomalous, {summary['regime_changes']} "
+          f"regime changes) to {summary['out']} in {summary['seconds']:.0f} s")
+    return 0
+
+
 if __name__ == "__main__":
-    import sys
-
-    from jobs.cli import main
-
-    sys.exit(main(["detect", *sys.argv[1:]]))
+    raise SystemExit(job_main(DetectOptions, main, prog="python -m jobs.detect",
+                              description=__doc__))

@@ -9,6 +9,8 @@ table (or JSON) per series and the mean per dataset.
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from eyenet.detection.evaluation import EVALUATED_MODELS, attribution_hit_rate, 
 from eyenet.detection.features import metric_of
 from eyenet.errors import EyeNetError
 from eyenet.telemetry.schema import LABEL
-from jobs.detect import config_for
+from jobs.fitting import config_for
+from jobs.options import EXIT_ERROR, EvaluateOptions, job_main
 
 
 def evaluate_series(name: str, dataset: str, train: pd.DataFrame, test: pd.DataFrame,
@@ -34,7 +37,7 @@ def evaluate_series(name: str, dataset: str, train: pd.DataFrame, test: pd.DataF
     """One row per model: each fitted on ``train`` and scored on ``test`` the same way. The
     LSTM trains once (Ray Train); kinds that include it (the ensemble) reuse its weights."""
     from jobs._ray import ensure_ray
-    from jobs.train import train_on_ray
+    from jobs.ray_train import train_on_ray
 
     cfg = config_for(config, metrics, train)
     base = cfg.detector.model_dump()
@@ -103,9 +106,25 @@ def run_evaluation(root: str, config: EyeNetConfig, *, datasets: tuple[str, ...]
             "series": rows, "mean": means, "errors": errors}
 
 
+def main(config: EyeNetConfig, options: EvaluateOptions) -> int:
+    result = run_evaluation(options.data, config, datasets=tuple(options.datasets), series=options.series,
+                            models=tuple(options.models), **options.train_kw)
+    if options.out:
+        with open(options.out, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=1)
+    if options.json:
+        print(json.dumps(result))
+    else:
+        for key, table in result["mean"].items():
+            print(f"mean {key:30} " + " ".join(
+                f"{k}={table[k]:.3f}" for k in ("auprc", "vus_pr", "f1", "precision", "recall",
+                                                "event_recall", "oracle_best_f1", "point_adjusted_f1",
+                                                "attribution_hit_rate") if k in table))
+    for failure in result["errors"]:
+        print(f"eyenet: error: {failure['dataset']}/{failure['series']}: {failure['error']}", file=sys.stderr)
+    return EXIT_ERROR if result["errors"] else 0
+
+
 if __name__ == "__main__":
-    import sys
-
-    from jobs.cli import main
-
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    raise SystemExit(job_main(EvaluateOptions, main, prog="python -m jobs.evaluate",
+                              description=__doc__))

@@ -8,6 +8,7 @@ Otherwise it runs for ``--seconds`` or until interrupted, printing progress.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError
 from eyenet.sources.simulator import Incident
+from jobs.options import IngestOptions, job_main
 
 PROGRESS_EVERY_S = 10.0
 CAUGHT_UP_LAG_INTERVALS = 3
@@ -33,13 +35,11 @@ def parse_incident(text: str, origin_ms: int) -> Incident:
                     end_ms=start_ms + int(float(match["dur"]) * 1000), metrics=[], magnitude=0.0)
 
 
-def source_options(args: Any, now_s: float) -> tuple[dict[str, Any], int | None]:
+def source_options(args: IngestOptions, now_s: float) -> tuple[dict[str, Any], int | None]:
     """Source options from CLI arguments, and the collectors' start cursor."""
     origin_ms = int(now_s * 1000)
     start_ms = origin_ms - int(args.history_s * 1000) if args.history_s else None
     if args.source == "replay":
-        if not args.files:
-            raise ConfigError("--source replay needs --files PATH [PATH ...]", "files")
         return {"paths": list(args.files), "speed": args.speed, "origin_wall_s": now_s}, None
     options: dict[str, Any] = {"devices": args.devices, "seed": args.seed, "speed": args.speed,
                                "origin_wall_s": now_s, "garbage_rate": args.garbage_rate,
@@ -49,13 +49,10 @@ def source_options(args: Any, now_s: float) -> tuple[dict[str, Any], int | None]
     return options, start_ms
 
 
-def run_ingest(config: EyeNetConfig, args: Any) -> dict[str, Any]:
+def run_ingest(config: EyeNetConfig, args: IngestOptions) -> dict[str, Any]:
     from actors.pipeline import start_pipeline
-    from jobs._ray import ensure_ray
-
-    if args.seconds is not None and args.seconds <= 0:
-        raise ConfigError(f"--seconds must be > 0, got {args.seconds}", "seconds", args.seconds)
     from eyenet.sources.factory import build_source
+    from jobs._ray import ensure_ray
 
     now_s = time.time()
     options, start_ms = source_options(args, now_s)
@@ -107,10 +104,20 @@ def summarise(final: dict[str, Any], seconds: float) -> dict[str, Any]:
             "silent_devices": [d for c in collectors for d in c["silent_devices"]]}
 
 
+def main(config: EyeNetConfig, options: IngestOptions) -> int:
+    summary = run_ingest(config, options)
+    if options.json:
+        print(json.dumps(summary))
+        return 0
+    totals = summary["totals"]
+    print(f"{summary['devices']} devices, {summary['seconds']} s: fetched {totals.get('fetched', 0):,}, "
+          f"stored {totals.get('stored', 0):,}, rejected {totals.get('rejected', 0):,}, "
+          f"scored {summary['scored']:,}, anomalies {summary['anomalies']:,}")
+    for reason, n in sorted(summary["reasons"].items()):
+        print(f"  {reason}: {n:,}")
+    return 0
+
+
 if __name__ == "__main__":
-    import sys
-
-    from jobs.cli import main
-
-    sys.exit(main(["ingest", *sys.argv[1:]]))
-
+    raise SystemExit(job_main(IngestOptions, main, prog="python -m jobs.ingest",
+                              description=__doc__))

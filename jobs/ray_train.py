@@ -11,7 +11,8 @@ Each epoch rank 0 reports a checkpoint holding the current weights, the optimize
 early-stopping state and the best weights so far; after a worker dies, Ray Train
 (``FailureConfig``) restarts the group and the loop resumes from that checkpoint.
 
-Run as a job: ``python -m jobs.train --train FILE.csv`` or ``--from-store``.
+The job users run is :mod:`jobs.train` (``python -m jobs.train --train-csv FILE.csv`` or
+``--from-store``); this module is its Ray Train loop.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from eyenet.config import DetectorConfig, EyeNetConfig
+from eyenet.config import DetectorConfig
 from eyenet.detection.detector import Detector, TrainingData
 from eyenet.detection.features import window_targets, windows_at
 from eyenet.detection.networks import loss_fn
@@ -284,43 +284,3 @@ def fit_result_from_checkpoint(checkpoint: Any, seconds: float = float("nan")) -
     stopper = saved["stopper"]
     return FitResult(saved["best"], saved["history"], stopper["best_epoch"], stopper["best"],
                      sum(int(h["train_samples"]) for h in saved["history"]), seconds)
-
-
-def train_detector(frame: pd.DataFrame, config: EyeNetConfig, *, workers: int = 1, gpus: float = 0,
-                   storage_path: str | None = None, max_epochs: int | None = None) -> Detector:
-    """Prepare, train on Ray, calibrate: a fitted detector for ``config.metrics``."""
-    detector = Detector(config.detector, config.metrics, config.gap_s)
-    data = detector.prepare(frame)
-    result = train_on_ray(detector, data, workers=workers, gpus=gpus, storage_path=storage_path,
-                          max_epochs=max_epochs) if config.detector.needs_network else None
-    return detector.finish(result, data)
-
-
-def flag_incidents(frame: pd.DataFrame, events: list[Any], tolerance_s: float) -> pd.DataFrame:
-    """Label samples within ``tolerance_s`` of a stored anomaly event of their device as 1,
-    so training leaves out the windows around incidents already found."""
-    from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, to_ms
-
-    frame = frame.copy()
-    label = pd.to_numeric(frame[LABEL], errors="coerce").fillna(0).to_numpy() if LABEL in frame \
-        else np.zeros(len(frame))
-    ts_ms = to_ms(pd.to_datetime(frame[TIMESTAMP], utc=True)).to_numpy()
-    devices = frame[DEVICE].astype(str).to_numpy()
-    for event in events:
-        if event.device_id is None:
-            continue
-        # live anomaly events cover an episode (payload start_ms..end_ms); others a moment
-        start = int(event.payload.get("start_ms", pd.Timestamp(event.ts).value // 1_000_000))
-        end = int(event.payload.get("end_ms", start))
-        near = (ts_ms >= start - tolerance_s * 1000) & (ts_ms <= end + tolerance_s * 1000)
-        label[(devices == event.device_id) & near] = 1
-    frame[LABEL] = label.astype(np.int64)
-    return frame
-
-
-if __name__ == "__main__":
-    import sys
-
-    from jobs.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

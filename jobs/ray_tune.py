@@ -5,7 +5,8 @@ calls ``fit()``; ``TuneReportCallback`` forwards each epoch's metrics to Tune, s
 stop poor trials early. The best trial's weights come back through its Train checkpoint,
 and the driver calibrates them into a detector exactly as an untuned run does.
 
-Run as a job: ``python -m jobs.train --train FILE.csv --tune --trials 8 --time-budget-s 600``.
+Run as a job: ``python -m jobs.tune --train-csv FILE.csv --trials 8 --time-budget-s 600``
+(the same as ``python -m jobs.train ... --tune``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 from eyenet.config import EyeNetConfig
 from eyenet.detection.detector import Detector
 from eyenet.errors import EyeNetError
-from jobs.train import DATA_RESERVE_CPUS, fit_result_from_checkpoint, train_on_ray, worker_cpus
+from jobs.ray_train import DATA_RESERVE_CPUS, fit_result_from_checkpoint, train_on_ray, worker_cpus
 
 TRIAL_DRIVER_CPU = 0.01
 TUNED_FIELDS = ("hidden_size", "num_layers", "window_steps", "learning_rate", "dropout")
@@ -98,10 +99,3 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
     fitted = fit_result_from_checkpoint(ray.train.Checkpoint(best[1]))
     return detector.finish(fitted, data), params, rows
 
-
-if __name__ == "__main__":
-    import sys
-
-    from jobs.cli import main
-
-    sys.exit(main(["train", "--tune", *sys.argv[1:]]))

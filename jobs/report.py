@@ -8,13 +8,17 @@ report is computed from the snapshots the monitor saved in the store (every
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
 
+import yaml
+
 from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError
 from eyenet.telemetry.timespec import parse_since
+from jobs.options import ReportOptions, job_main
 
 
 def run_report(config: EyeNetConfig, since: str, until: str | None = None,
@@ -39,9 +43,15 @@ def run_report(config: EyeNetConfig, since: str, until: str | None = None,
     return Monitor(config, open_store(config.store_uri), None, sinks=[]).report(since_s, until_s)
 
 
+def main(config: EyeNetConfig, options: ReportOptions) -> int:
+    report = run_report(config, options.since, options.until, options.address)
+    if options.json:
+        print(json.dumps(report, default=str))
+        return 0
+    print(yaml.safe_dump(json.loads(json.dumps(report, default=str)), sort_keys=False), end="")
+    return 0
+
+
 if __name__ == "__main__":
-    import sys
-
-    from jobs.cli import main
-
-    sys.exit(main(["report", *sys.argv[1:]]))
+    raise SystemExit(job_main(ReportOptions, main, prog="python -m jobs.report",
+                              description=__doc__))

@@ -15,6 +15,7 @@ from eyenet.config import EyeNetConfig
 from eyenet.errors import PipelineError
 from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
+from jobs.options import ServeOptions, job_main
 
 
 def run_serve(config: EyeNetConfig, detach: bool = False) -> dict[str, Any]:
@@ -42,9 +43,16 @@ def run_serve(config: EyeNetConfig, detach: bool = False) -> dict[str, Any]:
     return {"url": url, "detached": False}
 
 
+def main(config: EyeNetConfig, options: ServeOptions) -> int:
+    overrides = {k: v for k, v in (("host", options.host), ("port", options.port)) if v is not None}
+    if overrides:
+        serve_section = {**config.serve.model_dump(), **overrides}
+        config = EyeNetConfig.from_dict({**config.to_dict(), "serve": serve_section},
+                                        {f"serve.{k}": f"--{k}" for k in overrides})
+    run_serve(config, detach=options.detach)
+    return 0
+
+
 if __name__ == "__main__":
-    import sys
-
-    from jobs.cli import main
-
-    sys.exit(main(["serve", *sys.argv[1:]]))
+    raise SystemExit(job_main(ServeOptions, main, prog="python -m jobs.serve",
+                              description=__doc__))

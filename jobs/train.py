@@ -1,35 +1,46 @@
-"""``eyenet train``: history from a CSV or the store -> Ray Train (or Tune) -> registry (staging)."""
+"""``eyenet train`` / ``python -m jobs.train``: history from a CSV or the store -> Ray Train
+(or Tune) -> registry (staging).
+
+A CSV goes through the same telemetry validation as ingest (:func:`read_metric_csv`), so
+the model trains on exactly what serving will see. Samples near anomaly events already in
+the store are labelled and left out of training, so found incidents are not learned as
+normal.
+"""
 
 from __future__ import annotations
 
-import argparse
+import json
 import tempfile
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from eyenet.config import EyeNetConfig
 from eyenet.detection.datasets import read_metric_csv
 from eyenet.errors import TelemetryError
 from eyenet.models.registry import ModelRegistry, ModelVersion
 from eyenet.store import open_store
-from jobs.detect import config_for, fit_detector
-from jobs.train import flag_incidents
+from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, to_ms
+from jobs.fitting import config_for, fit_detector
+from jobs.options import TrainOptions, job_main
 
 
-def run_train(args: argparse.Namespace, config: EyeNetConfig, **train_kw: Any) -> ModelVersion:
+def run_train(config: EyeNetConfig, options: TrainOptions) -> ModelVersion:
     store = open_store(config.store_uri)
-    if args.train_csv:
-        frame, metrics = read_metric_csv(args.train_csv)
-        config, source = config_for(config, metrics, frame), args.train_csv
+    if options.train_csv:
+        frame, metrics = read_metric_csv(options.train_csv)
+        config, source = config_for(config, metrics, frame), options.train_csv
     else:
-        frame = store.read_range(args.since, args.until, device_ids=args.device)
+        frame = store.read_range(options.since, options.until, device_ids=options.device)
         source = f"store {config.store_uri} ({len(frame)} samples)"
         if frame.empty:
             raise TelemetryError(f"{source}: no samples to train on")
-        frame = flag_incidents(frame, store.list_events(args.since, args.until, kind="anomaly",
+        frame = flag_incidents(frame, store.list_events(options.since, options.until, kind="anomaly",
                                                         limit=100_000),
                                tolerance_s=config.sample_interval_s / 2)  # the event's own sample
-    detector, extra = fit_detector(frame, config, source=source, tune=args.tune, trials=args.trials,
-                                   time_budget_s=args.time_budget_s, **train_kw)
+    detector, extra = fit_detector(frame, config, source=source, tune=options.tune, trials=options.trials,
+                                   time_budget_s=options.time_budget_s, **options.train_kw)
     with tempfile.TemporaryDirectory() as tmp:
         detector.save(tmp)
         metrics = {"kind": detector.model.kind,
@@ -38,5 +49,35 @@ def run_train(args: argparse.Namespace, config: EyeNetConfig, **train_kw: Any) -
                    "raw_threshold": detector.calibrator.threshold,
                    **({"tuned_params": extra["tuned_params"]} if "tuned_params" in extra else {})}
         return ModelRegistry(store, config.artifact_root).register(
-            tmp, name=args.name, metrics=metrics, config=config.to_dict(),
-            tags={"source": str(source), "tuned": str(bool(args.tune))})
+            tmp, name=options.name, metrics=metrics, config=config.to_dict(),
+            tags={"source": str(source), "tuned": str(bool(options.tune))})
+
+
+def flag_incidents(frame: pd.DataFrame, events: list[Any], tolerance_s: float) -> pd.DataFrame:
+    """Label samples within ``tolerance_s`` of a stored anomaly event of their device as 1,
+    so training leaves out the windows around incidents already found."""
+    frame = frame.copy()
+    label = pd.to_numeric(frame[LABEL], errors="coerce").fillna(0).to_numpy() if LABEL in frame \
+        else np.zeros(len(frame))
+    ts_ms = to_ms(pd.to_datetime(frame[TIMESTAMP], utc=True)).to_numpy()
+    devices = frame[DEVICE].astype(str).to_numpy()
+    for event in events:
+        if event.device_id is None:
+            continue
+        # live anomaly events cover an episode (payload start_ms..end_ms); others a moment
+        start = int(event.payload.get("start_ms", pd.Timestamp(event.ts).value // 1_000_000))
+        end = int(event.payload.get("end_ms", start))
+        near = (ts_ms >= start - tolerance_s * 1000) & (ts_ms <= end + tolerance_s * 1000)
+        label[(devices == event.device_id) & near] = 1
+    frame[LABEL] = label.astype(np.int64)
+    return frame
+
+
+def main(config: EyeNetConfig, options: TrainOptions) -> int:
+    mv = run_train(config, options)
+    print(f"registered {mv.name} v{mv.version} ({mv.state}): {json.dumps(mv.metrics, sort_keys=True)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(job_main(TrainOptions, main, prog="python -m jobs.train", description=__doc__))

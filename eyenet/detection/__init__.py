@@ -1,1 +1,2 @@
-"""Detection: features, detector kinds, calibration and decision rules, regimes, per-device scaling, training pieces, evaluation."""
+"""Detection: features, detector kinds, calibration and decision rules, regimes,
+per-device scaling, the training loop's pieces, and evaluation."""

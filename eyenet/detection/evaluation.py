@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve
 
 # Every detector kind, then the two baselines: bare (row-wise, no smoothing) IsolationForest
 # and PCA, through the same Detector, scaler and threshold rule, so the model is all that
@@ -144,6 +143,9 @@ def score_series(labels: np.ndarray, raw_score: np.ndarray, decision: np.ndarray
     out: dict[str, Any] = {"precision": precision, "recall": recall, "f1": f1,
                            "alarm_rate": float(decision.mean()), "events": len(segments)}
     if labels.any():
+        # imported here: sklearn takes seconds to import, and the CLI reads EVALUATED_MODELS
+        from sklearn.metrics import average_precision_score, precision_recall_curve
+
         out["auprc"] = float(average_precision_score(labels, raw))
         out["vus_pr"] = vus_pr(labels, raw)
         p, r, _ = precision_recall_curve(labels, raw)

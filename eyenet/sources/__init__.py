@@ -1,1 +1,2 @@
-"""Sources of telemetry: the interface collectors poll, replay of recorded files, the simulated fleet and its incidents."""
+"""Sources of telemetry: the interface collectors poll, replay of recorded files, and
+the simulated fleet with its incidents."""

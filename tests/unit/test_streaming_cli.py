@@ -29,6 +29,7 @@ from eyenet.telemetry.schema import to_ms
 from eyenet.telemetry.timespec import parse_since
 from jobs.cli import build_parser, main
 from jobs.ingest import parse_incident, progress_line, run_ingest, source_options, summarise
+from jobs.options import IngestOptions
 
 REPO = Path(__file__).resolve().parents[2]
 NOW_S = 1_740_787_200.0  # 2025-03-01T00:00Z
@@ -44,7 +45,7 @@ class Clock:
 
 
 def ingest_args(*argv: str):
-    return build_parser().parse_args(["ingest", *argv])
+    return IngestOptions.from_namespace(build_parser().parse_args(["ingest", *argv]))
 
 
 # -- jobs/ingest: incidents and source options -------------------------------------------------

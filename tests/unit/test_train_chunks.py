@@ -7,7 +7,7 @@ import pandas as pd
 
 from eyenet.config import DetectorConfig
 from eyenet.detection.detector import Detector
-from jobs.train import chunk_arrays, expand_chunks
+from jobs.ray_train import chunk_arrays, expand_chunks
 
 
 def prepared(rows: int = 500, flagged: slice | None = None):
