@@ -114,13 +114,18 @@ class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(1_000_000, ge=1024)
-    model_poll_s: float = Field(
-        5.0, gt=0, description="how often detector replicas check the registry for a new "
-                               "production version (they switch in place)")
     ingress_max_ongoing_requests: int = Field(
         256, ge=1, description="requests one ingress replica holds at once; Serve's default "
                                "of 5 would cap the detector's batches at 5 requests")
 
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model_poll_s" in data:
+            raise ValueError(f"serve.model_poll_s ({data['model_poll_s']!r}) was replaced by the top-level "
+                             "registry_poll_interval_s, which the feature pool and the monitor follow too")
+        return data
 
     @model_validator(mode="after")
     def _replicas_ordered(self) -> ServeConfig:
@@ -260,6 +265,10 @@ class EyeNetConfig(_Section):
         None, gt=0, description="longer silences are gaps; default 3 x sample_interval_s")
     max_lateness_s: float = Field(300.0, ge=0, description="older out-of-order samples are rejected")
     max_future_s: float = Field(60.0, ge=0, description="samples further in the future are rejected")
+    registry_poll_interval_s: float = Field(
+        5.0, gt=0, description="how often everything that scores (Serve replicas, the feature pool, "
+                               "the monitor's drift reference) checks the registry for a new production "
+                               "version; they switch in place")
     store_uri: str = "sqlite:///eyenet-data/eyenet.db"
     artifact_root: str = "eyenet-data/artifacts"
     alerts: AlertConfig = Field(default_factory=AlertConfig)
