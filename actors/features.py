@@ -3,7 +3,10 @@
 Live samples reach an actor from the collectors (``score``), always the same actor for a
 device (:func:`actors.collector.route`) because the stream scorer keeps that device's
 window and error profile. Bulk scoring (``score_frame``) splits a frame by device over
-all actors. Each actor loads the production model from the registry once; batch
+all actors. Each actor follows the registry's production model
+(:class:`eyenet.models.follower.ProductionFollower`, the mechanism Serve replicas and the
+monitor use too): a thread loads a newly promoted (or rolled back) version, and the next
+batch is scored with it, so a batch in flight finishes on the model it started with. Batch
 summaries go to the monitor as fire-and-forget calls, so a slow monitor never slows
 scoring.
 """
@@ -19,16 +22,28 @@ import numpy as np
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.detector import Detector
+from eyenet.detection.detector import Detector
 from eyenet.errors import PipelineError
-from eyenet.live import LiveScorer
-from eyenet.registry import DEFAULT_MODEL_NAME, ModelRegistry
+from eyenet.models.follower import ProductionFollower
+from eyenet.models.registry import DEFAULT_MODEL_NAME, ModelRegistry
 from eyenet.store import open_store
-from eyenet.telemetry import DEVICE
+from eyenet.streaming.live import LiveScorer
+from eyenet.telemetry.schema import DEVICE
 
 log = logging.getLogger(__name__)
 
 FEATURE_ACTOR_CPUS = 0.25
+
+
+def no_production_error(name: str) -> PipelineError:
+    return PipelineError(f"model {name} has no production version: train one and run "
+                         f"`eyenet models promote {name} VERSION`")
+
+
+def load_version(registry: ModelRegistry, name: str, version: int) -> Detector:
+    """Version ``version`` of model ``name``, verified against its manifest and loaded."""
+    path = registry.fetch(name, version, cache_dir=tempfile.mkdtemp(prefix="eyenet-model-"))
+    return Detector.load(path)
 
 
 def load_production(config: EyeNetConfig, name: str = DEFAULT_MODEL_NAME,
@@ -38,27 +53,48 @@ def load_production(config: EyeNetConfig, name: str = DEFAULT_MODEL_NAME,
     if version is None:
         production = registry.production(name)
         if production is None:
-            raise PipelineError(f"model {name} has no production version: train one and run "
-                                f"`eyenet models promote {name} VERSION`")
+            raise no_production_error(name)
         version = production.version
-    path = registry.fetch(name, version, cache_dir=tempfile.mkdtemp(prefix="eyenet-model-"))
-    return Detector.load(path), version
+    return load_version(registry, name, version), version
 
 
 class FeatureActor:
     def __init__(self, config: dict[str, Any], model_name: str = DEFAULT_MODEL_NAME,
                  model_version: int | None = None, monitor: Any = None) -> None:
+        """``model_version``: the version to start on (the one the pipeline saw, so the
+        whole pool starts alike); production is followed from then on."""
         import torch
 
         torch.set_num_threads(1)  # one core per actor: the pool, not one actor, uses the machine
         self.config = EyeNetConfig.from_dict(config)
-        detector, version = load_production(self.config, model_name, model_version)
-        self.live = LiveScorer(detector, open_store(self.config.store_uri), self.config, version)
+        store = open_store(self.config.store_uri)
+        registry = ModelRegistry(store, self.config.artifact_root)
+        self.follower = ProductionFollower.of_registry(
+            registry, model_name, lambda v: load_version(registry, model_name, v),
+            self.config.registry_poll_interval_s)
+        if model_version is not None:
+            self.follower.switch_to(model_version)
+        else:
+            self.follower.refresh()
+        followed = self.follower.current
+        if followed is None:
+            raise no_production_error(model_name)
+        self.live = LiveScorer(followed.value, store, self.config, followed.version)
         self.monitor = monitor
         self.monitor_errors = 0
+        # loading runs on the follower's thread; the swap happens between batches (_current)
+        self._stop_following = self.follower.start(name="pool-model-follower")
+
+    def _current(self) -> LiveScorer:
+        """The live scorer on the follower's newest model: called at the start of each call
+        (actor calls run one at a time), so no batch ever sees two models."""
+        followed = self.follower.current
+        if followed is not None and followed.version != self.live.model_version:
+            self.live.switch_model(followed.value, followed.version)
+        return self.live
 
     def score(self, samples: pd.DataFrame, polled_at_s: float | None = None) -> dict[str, Any]:
-        scores, summary = self.live.score(samples, polled_at_s)
+        scores, summary = self._current().score(samples, polled_at_s)
         if self.monitor is not None:
             try:
                 self.monitor.record.remote(summary)
@@ -71,17 +107,15 @@ class FeatureActor:
     def score_frame(self, frame: pd.DataFrame) -> dict[str, Any]:
         """Bulk scoring of a history frame with the offline detector (no stream state)."""
         started = time.perf_counter()
-        scores = self.live.detector.score(frame)
+        scores = self._current().detector.score(frame)
         windows = int(scores["raw_score"].notna().sum())
         return {"rows": len(scores), "windows": windows, "anomalies": int(scores["is_anomaly"].sum()),
                 "seconds": time.perf_counter() - started}
 
-    def window(self, device_id: str) -> pd.DataFrame:
-        return self.live.stream.window_frame(device_id)
-
     def stats(self) -> dict[str, Any]:
-        stats = self.live.stats()
+        stats = self._current().stats()
         stats["monitor_errors"] = self.monitor_errors
+        stats["follower"] = self.follower.stats()
         return stats
 
     def reset_stats(self) -> None:
@@ -91,6 +125,10 @@ class FeatureActor:
     def flush(self) -> dict[str, Any]:
         self.live.flush()
         return self.stats()
+
+    def stop(self) -> None:
+        """Stop following the registry (the actor is about to go)."""
+        self._stop_following.set()
 
 
 def split_by_device(frame: pd.DataFrame, parts: int) -> list[pd.DataFrame]:

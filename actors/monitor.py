@@ -1,23 +1,28 @@
-"""The monitor: one named, detached actor per cluster, shell of :class:`eyenet.monitoring.Monitor`.
+"""The monitor: one named, detached actor per cluster, shell of :class:`eyenet.monitoring.monitor.Monitor`.
 
 Detached so it outlives the job that started it (``eyenet report`` and later jobs find it
 by name); looked up with ``get_if_exists`` so concurrent starters share one; restarted
 by Ray when it dies, and then it rebuilds its state from the store (open alerts from
 events, drift and anomaly windows from its saved state). A thread runs the alert rules
 every ``monitor.check_interval_s`` and saves snapshots, so alerts resolve even when no
-scores arrive.
+scores arrive. A second thread follows the registry's production model
+(:class:`eyenet.models.follower.ProductionFollower`, as the pool and Serve replicas do):
+drift is judged against the training feature reference of whatever version is in
+production now, including one promoted after the monitor started (a collect-only
+pipeline starts it before any model exists).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any
 
 from eyenet.config import EyeNetConfig
-from eyenet.errors import EyeNetError
-from eyenet.monitoring import Monitor, ScoreSummary
-from eyenet.registry import DEFAULT_MODEL_NAME, ModelRegistry
+from eyenet.models.follower import Followed, ProductionFollower
+from eyenet.models.registry import DEFAULT_MODEL_NAME, ModelRegistry
+from eyenet.monitoring.monitor import Monitor, ScoreSummary
 from eyenet.store import open_store
 
 log = logging.getLogger(__name__)
@@ -27,32 +32,33 @@ NAMESPACE = "eyenet"
 MONITOR_CPUS = 0.05
 
 
-def production_reference(config: EyeNetConfig,
-                         name: str = DEFAULT_MODEL_NAME) -> tuple[dict | None, int | None]:
-    """The training feature reference stored with the production model, if there is one."""
-    from eyenet.detector import REFERENCE_FILE
+def load_reference(registry: ModelRegistry, name: str, version: int) -> dict[str, Any] | None:
+    """The training feature reference stored with ``version`` (None: it has none, so that
+    version's batches are counted but never judged for drift)."""
+    from eyenet.detection.detector import REFERENCE_FILE
 
-    registry = ModelRegistry(open_store(config.store_uri), config.artifact_root)
-    production = registry.production(name)
-    if production is None:
-        return None, None
-    import json
-
-    path = registry.fetch(name, production.version)
-    return json.loads((path / REFERENCE_FILE).read_text()), production.version
+    path = registry.fetch(name, version) / REFERENCE_FILE
+    if not path.exists():
+        log.warning("monitor: %s v%s has no %s; no drift for it", name, version, REFERENCE_FILE)
+        return None
+    return json.loads(path.read_text())
 
 
 class MonitorActor:
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], model_name: str = DEFAULT_MODEL_NAME) -> None:
         self.config = EyeNetConfig.from_dict(config)
-        try:
-            reference, version = production_reference(self.config)
-        except EyeNetError as exc:  # no model yet is fine: latency and alerts still work
-            log.warning("monitor: no drift reference (%s)", exc)
-            reference, version = None, None
+        store = open_store(self.config.store_uri)
+        registry = ModelRegistry(store, self.config.artifact_root)
+        self.follower = ProductionFollower.of_registry(
+            registry, model_name, lambda v: load_reference(registry, model_name, v),
+            self.config.registry_poll_interval_s, what=f"{model_name} drift reference")
+        self.follower.check()  # no model yet (or no store) is fine: latency and alerts still work
+        followed = self.follower.current
+        reference, version = (None, None) if followed is None else (followed.value, followed.version)
         # sinks (log, webhook thread) are built here, in the actor's process, from the config
-        self.monitor = Monitor(self.config, open_store(self.config.store_uri), reference, version)
+        self.monitor = Monitor(self.config, store, reference, version)
         self._lock = threading.Lock()
+        self._stop_following = self.follower.start("monitor-model-follower", self._take_reference)
         self._stop = threading.Event()
         self.loop_errors = 0
         self._thread = threading.Thread(target=self._run, name="monitor-rules", daemon=True)
@@ -68,6 +74,14 @@ class MonitorActor:
                 self.loop_errors += 1
                 log.exception("monitor: rule check failed")
 
+    def _take_reference(self, followed: Followed[dict[str, Any] | None]) -> None:
+        """A new production version: drift restarts against its reference (loaded on the
+        follower's thread, outside the lock, so scores keep being recorded meanwhile).
+        Batches of the old model still in flight are then counted as ``drift_skipped``,
+        never binned against the wrong reference."""
+        with self._lock:
+            self.monitor.set_reference(followed.value, followed.version)
+
     # -- remote API ---------------------------------------------------------------------------
     def record(self, summary: ScoreSummary) -> None:
         with self._lock:
@@ -82,6 +96,7 @@ class MonitorActor:
         with self._lock:
             stats = self.monitor.stats()
         stats["loop_errors"] = self.loop_errors
+        stats["follower"] = self.follower.stats()
         return stats
 
     def open_alerts(self) -> list[dict[str, Any]]:
@@ -89,17 +104,20 @@ class MonitorActor:
             return [e.to_dict() for e in self.monitor.alerts.open_alerts()]
 
     def report(self, since_s: float, until_s: float | None = None) -> dict[str, Any]:
+        """The report of ``[since_s, until_s)``, current period included; writes nothing
+        (the rules thread keeps saving snapshots on its own schedule)."""
         with self._lock:
-            self.monitor.snapshot()
             return self.monitor.report(since_s, until_s)
 
-    def set_reference(self, reference: dict[str, Any] | None, model_version: int | None) -> None:
+    def save_report(self, since_s: float, until_s: float | None = None) -> dict[str, Any]:
+        """:meth:`report`, saved in the store as a ``report`` (its ``report_id`` filled in)."""
         with self._lock:
-            self.monitor.set_reference(reference, model_version)
+            return self.monitor.save_report(since_s, until_s)
 
     def shutdown(self) -> None:
         """Save a last snapshot and drain the webhook queue (before the actor is killed)."""
         self._stop.set()
+        self._stop_following.set()
         with self._lock:
             self.monitor.snapshot()
         self.monitor.close(5.0)

@@ -2,8 +2,10 @@
 
 ``Detector`` replicas load the production model from the registry, warm up with one
 forward pass before taking traffic, batch concurrent scoring calls (``@serve.batch``:
-``serve.max_batch_size`` windows' requests, waiting at most ``serve.batch_wait_timeout_s``)
-and switch model in place on ``reconfigure({"model_version": N})``. ``check_health``
+``serve.max_batch_size`` windows' requests, waiting at most ``serve.batch_wait_timeout_s``,
+set in each replica) and follow the registry's production model in place
+(:class:`eyenet.models.follower.ProductionFollower`, as the feature pool and the monitor
+do); ``reconfigure({"model_version": N})`` pins a version. ``check_health``
 fails when the store is unreachable or no production model exists, so Serve replaces
 the replica. ``/v1/predict`` reads each device's live window in the replica, for a whole
 batch at once: from the pipeline's collectors when it runs (their recent-sample buffers),
@@ -16,7 +18,6 @@ every detector batch at 5.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -24,10 +25,12 @@ import pandas as pd
 from ray import serve
 
 from actors.collector import LiveCollectors
-from actors.features import load_production
+from actors.features import load_version, no_production_error
 from eyenet.config import EyeNetConfig
-from eyenet.errors import EyeNetError, RequestError
-from eyenet.inference import (
+from eyenet.errors import ConfigError, EyeNetError, RequestError
+from eyenet.models.follower import ProductionFollower
+from eyenet.models.registry import DEFAULT_MODEL_NAME, ModelRegistry
+from eyenet.serving.inference import (
     BatchScores,
     CheckedWindows,
     InferenceService,
@@ -36,9 +39,8 @@ from eyenet.inference import (
     WindowChecker,
     predict_devices,
 )
-from eyenet.live import anomaly_points, batch_summary
-from eyenet.registry import ModelRegistry
 from eyenet.store import open_store
+from eyenet.streaming.live import anomaly_points, batch_summary
 from serve_app.api import create_app
 from serve_app.local import StoreViews
 
@@ -53,52 +55,73 @@ class DetectorReplica:
 
         torch.set_num_threads(1)
         self.config = EyeNetConfig.from_dict(config)
+        # in the replica, not the driver: each replica imports this module afresh, so
+        # settings made on the class by whoever built the app never reach it
+        self._set_batching(self.config.serve.max_batch_size, self.config.serve.batch_wait_timeout_s)
         self.store = open_store(self.config.store_uri)
         self.registry = ModelRegistry(self.store, self.config.artifact_root)
-        self.pinned: int | None = None
         self._monitor_handle: Any = None
         self._monitor_retry_at = 0.0
         self.collectors = LiveCollectors()
-        self._load(None)
-        self._stop = threading.Event()
-        threading.Thread(target=self._follow_production, name="model-follower", daemon=True).start()
+        # the registry's production model, followed in place as the pool and the monitor
+        # follow it: a promotion or rollback reaches every replica within
+        # registry_poll_interval_s, with no restart and no failed request (a request in
+        # flight holds the (service, windows) pair it started with)
+        self.follower = ProductionFollower.of_registry(self.registry, DEFAULT_MODEL_NAME, self._build,
+                                                       self.config.registry_poll_interval_s)
+        self.follower.refresh()
+        if self.follower.current is None:
+            raise no_production_error(DEFAULT_MODEL_NAME)
+        self._stop = self.follower.start("replica-model-follower")
 
-    def _follow_production(self) -> None:
-        """Switch to a new production version in place: a promotion or rollback reaches
-        every replica within ``serve.model_poll_s``, with no restart and no failed request
-        (a request in flight holds the service object it started with)."""
-        while not self._stop.wait(self.config.serve.model_poll_s):
-            if self.pinned is not None:
-                continue
-            try:
-                production = self.registry.production()
-                if production is not None and production.version != self.service.model_version:
-                    self._load(production.version)
-            except EyeNetError as exc:  # keep serving the loaded model; health reports the store
-                log.warning("could not follow the production model: %s", exc)
-
-    def _load(self, version: int | None) -> None:
-        detector, version = load_production(self.config, version=version)
+    def _build(self, version: int) -> tuple[InferenceService, LiveWindows]:
+        detector = load_version(self.registry, DEFAULT_MODEL_NAME, version)
         service = InferenceService(detector, version, self.config.sample_interval_s, self.store)
         warm = pd.DataFrame({"device_id": "warmup",
                              "timestamp": pd.date_range("2024-01-01", periods=service.min_rows, freq="1s",
                                                         tz="UTC"),
                              **{m: 0.0 for m in detector.metrics}})
         service.score_frames([warm])  # the first forward pass is slow; pay it before traffic
-        # one assignment: a batch must never see the new model with the old window length
-        self._serving = (service, LiveWindows(self.store, detector))
-        log.info("detector replica serves model version %s", version)
+        log.info("detector replica loaded model version %s", version)
+        # one value: a batch must never see the new model with the old window length
+        return service, LiveWindows(self.store, detector)
+
+    @property
+    def _serving(self) -> tuple[InferenceService, LiveWindows]:
+        return self.follower.current.value
 
     @property
     def service(self) -> InferenceService:
         return self._serving[0]
 
+    @property
+    def pinned(self) -> int | None:
+        return self.follower.pinned
+
+    def _set_batching(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        for method in (self._score_batch, self._predict_batch):
+            method.set_max_batch_size(max_batch_size)
+            method.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """``{"model_version": N}`` pins a version (for a canary); ``None`` follows production."""
+        """``{"model_version": N}`` pins a version (for a canary); ``None`` follows production.
+        ``max_batch_size`` and ``batch_wait_timeout_s`` override ``serve``'s, checked as
+        the config checks them."""
+        unknown = sorted(set(user_config) - {"model_version", "max_batch_size", "batch_wait_timeout_s"})
+        if unknown:
+            raise ConfigError(f"user_config: unknown settings {unknown}; expected model_version, "
+                              "max_batch_size, batch_wait_timeout_s", unknown[0], user_config[unknown[0]])
+        batching = {k: user_config[k] for k in ("max_batch_size", "batch_wait_timeout_s") if k in user_config}
+        if batching:
+            settings = {**self.config.to_dict(), "serve": {**self.config.serve.model_dump(), **batching}}
+            serve_opts = EyeNetConfig.from_dict(settings).serve
+            self._set_batching(serve_opts.max_batch_size, serve_opts.batch_wait_timeout_s)
         version = user_config.get("model_version")
-        self.pinned = None if version is None else int(version)
-        if self.pinned is not None and self.pinned != self.service.model_version:
-            self._load(self.pinned)
+        try:
+            self.follower.pin(None if version is None else int(version))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"user_config.model_version = {version!r}: {exc}", "model_version",
+                              version, "an integer >= 1") from exc
 
     def check_health(self) -> None:
         """Fails (so Serve replaces the replica) when the store is unreachable or no
@@ -190,6 +213,14 @@ class DetectorReplica:
     def model_version(self) -> int | None:
         return self.service.model_version
 
+    def batch_settings(self) -> dict[str, Any]:
+        """The batch size and wait this replica's batchers run with (to check the config
+        reached it: each replica imports this module afresh)."""
+        # Serve exposes only private getters on a batched method (the setters are public)
+        return {name: {"max_batch_size": method._get_max_batch_size(),
+                       "batch_wait_timeout_s": method._get_batch_wait_timeout_s()}
+                for name, method in (("score", self._score_batch), ("predict", self._predict_batch))}
+
 
 class IngressBackend(StoreViews):
     """The API's backend inside the ingress replica: reads from the store, scores remotely."""
@@ -264,10 +295,6 @@ def build_app(config: EyeNetConfig) -> Any:
         autoscaling_config={"min_replicas": max(1, opts.min_replicas), "max_replicas": opts.max_replicas,
                             "target_ongoing_requests": opts.target_ongoing_requests},
         ray_actor_options={"num_cpus": 0.5}, health_check_period_s=10)
-    DetectorReplica._score_batch.set_max_batch_size(opts.max_batch_size)
-    DetectorReplica._score_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
-    DetectorReplica._predict_batch.set_max_batch_size(opts.max_batch_size)
-    DetectorReplica._predict_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
     ingress = serve.deployment(Ingress, name="Ingress",
                                max_ongoing_requests=opts.ingress_max_ongoing_requests,
                                ray_actor_options={"num_cpus": 0.1})

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.errors import EyeNetError, SourceError, StoreError
+from eyenet.errors import SourceError, StoreError
 from eyenet.sources.base import Source
 from eyenet.store import Store
 from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, from_ms, to_ms
@@ -235,12 +235,6 @@ class Collector:
             buffer = self.recent.get(device)
             if buffer is not None and (not buffer or t > buffer[-1][0]):
                 buffer.append((int(t), row))
-
-    def recent_frame(self, device_id: str) -> pd.DataFrame:
-        """The device's most recent accepted samples (its live window), oldest first."""
-        if device_id not in self.recent:
-            raise EyeNetError(f"device {device_id!r} is not collected by {self.name}")
-        return self.recent_frames([device_id])
 
     def recent_frames(self, device_ids: list[str]) -> pd.DataFrame:
         """Recent samples of those of ``device_ids`` this collector has, by device then time."""

@@ -81,18 +81,30 @@ def batch_summary(detector: Detector, device_ids: list[str],
 class LiveScorer:
     def __init__(self, detector: Detector, store: Store, config: EyeNetConfig,
                  model_version: int | None = None, now_s: Callable[[], float] = time.time) -> None:
-        self.detector, self.store, self.config = detector, store, config
-        self.model_version = model_version
-        # unseen devices learn their scale once; what they learned is kept in the store
-        names = detector.feature_names
-        self.stream = StreamScorer(detector, config.streaming.buffer_samples,
-                                   lookup=lambda d: load_device_state(store, DeviceStats, d, names),
-                                   regime_lookup=lambda d: load_device_state(store, RegimeState, d, names))
+        self.store, self.config = store, config
+        self.detector, self.model_version = detector, model_version
+        self.stream = self._stream(detector)
         self._now_s = now_s
         self.episodes: dict[str, _Episode] = {}
         self.sample_age_ms = LatencyWindow(config.monitor.latency_window_s, now_s)
         self.poll_to_score_ms = LatencyWindow(config.monitor.latency_window_s, now_s)
         self.totals: Counter[str] = Counter()
+
+    def _stream(self, detector: Detector) -> StreamScorer:
+        # unseen devices learn their scale once; what they learned is kept in the store
+        store, names = self.store, detector.feature_names
+        return StreamScorer(detector, self.config.streaming.buffer_samples,
+                            lookup=lambda d: load_device_state(store, DeviceStats, d, names),
+                            regime_lookup=lambda d: load_device_state(store, RegimeState, d, names))
+
+    def switch_model(self, detector: Detector, model_version: int | None) -> None:
+        """Score with another model from the next batch on (a promotion or rollback). Open
+        episodes, totals and latency windows carry on; the stream keeps each device's
+        buffered samples; scales and regimes are the new model's (saved per feature set)."""
+        stream = self._stream(detector)
+        stream.take_buffers(self.stream)
+        self.detector, self.model_version, self.stream = detector, model_version, stream
+        self.totals["model_switches"] += 1
 
     def score(self, samples: pd.DataFrame,
               polled_at_s: float | None = None) -> tuple[pd.DataFrame, ScoreSummary]:

@@ -19,7 +19,7 @@ offline from an older value the buffer no longer holds, and is missing here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -41,9 +41,6 @@ class _DeviceState:
     last_scored_ms: int | None = None
     num: np.ndarray | None = None      # EWM running sums per feature
     den: np.ndarray | None = None
-    scored: int = 0
-    anomalies: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class StreamScorer:
@@ -78,9 +75,19 @@ class StreamScorer:
     def devices(self) -> list[str]:
         return list(self._devices)
 
-    def window_frame(self, device_id: str) -> pd.DataFrame:
-        """The raw rows buffered for one device (its live window), oldest first."""
-        return self._frame([device_id] if device_id in self._devices else [])
+    def take_buffers(self, previous: StreamScorer) -> int:
+        """Carry ``previous``'s buffered raw rows over (a switch to another model): the next
+        sample of each device is scored at once instead of after a new window fills. Only
+        raw telemetry moves; the error profile restarts, as after a gap, since the other
+        model's errors mean nothing to this one. Returns how many devices moved (none when
+        the models read different metrics)."""
+        if previous.metrics != self.metrics:
+            return 0
+        for device, state in previous._devices.items():
+            self._devices[device] = _DeviceState(state.ts_ms[-self.buffer_rows:].copy(),
+                                                 state.values[-self.buffer_rows:].copy(),
+                                                 state.last_scored_ms)
+        return len(previous._devices)
 
     def _frame(self, device_ids: list[str]) -> pd.DataFrame:
         """Buffered rows of these devices as one telemetry frame, built from arrays at once
@@ -195,15 +202,12 @@ class StreamScorer:
             return
         devices = scored[DEVICE].to_numpy()
         ts_ms = to_ms(scored[TIMESTAMP]).to_numpy()
-        flags = scored["is_anomaly"].to_numpy()
         ends = np.r_[np.flatnonzero(devices[1:] != devices[:-1]), len(devices) - 1]  # sorted by device
         starts = np.r_[0, ends[:-1] + 1]
         for a, b in zip(starts, ends, strict=True):
             state = self._devices[devices[a]]
             state.last_scored_ms = int(ts_ms[a:b + 1].max())
             state.ts_ms, state.values = state.ts_ms[-self.buffer_rows:], state.values[-self.buffer_rows:]
-            state.scored += int(b + 1 - a)
-            state.anomalies += int(flags[a:b + 1].sum())
 
     def _empty(self) -> pd.DataFrame:
         return pd.DataFrame({DEVICE: pd.Series(dtype=object), TIMESTAMP: from_ms([]),

@@ -36,7 +36,9 @@ def served(tmp_path_factory) -> Iterator[tuple[str, Detector, pd.DataFrame, EyeN
     tmp = tmp_path_factory.mktemp("serve")
     detector = Detector(config(), METRICS, gap_s=3.0).fit(telemetry(400))
     cfg, _, _, live = promoted_store(tmp, detector,
-                                     serve={"min_replicas": 1, "max_replicas": 1, "model_poll_s": 0.5})
+                                     registry_poll_interval_s=0.5,
+                                     serve={"min_replicas": 1, "max_replicas": 1, "max_batch_size": 24,
+                                            "batch_wait_timeout_s": 0.004})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
@@ -57,6 +59,20 @@ def test_http_predictions_match_the_in_process_detector(served):
     predicted = httpx.post(f"{url}/v1/predict", json={"device_id": "r1"}, timeout=60)
     assert predicted.status_code == 200, predicted.text
     assert predicted.json()["model_version"] == 1
+
+
+def test_a_running_replica_batches_with_the_configured_size_and_wait(served):
+    """The settings must be applied inside the replica: it imports this module afresh, so a
+    change made to the class in the driver never reaches it."""
+    from ray import serve
+
+    from serve_app.deployments import APP_NAME
+
+    _, _, _, cfg = served
+    handle = serve.get_deployment_handle("Detector", app_name=APP_NAME)
+    want = {"max_batch_size": cfg.serve.max_batch_size,
+            "batch_wait_timeout_s": cfg.serve.batch_wait_timeout_s}
+    assert handle.batch_settings.remote().result(timeout_s=60) == {"score": want, "predict": want}
 
 
 def test_bad_input_is_a_4xx_and_the_replica_lives_on(served):

@@ -249,7 +249,7 @@ def test_a_detector_replica_is_unhealthy_without_its_store_or_a_production_model
     the replica is pinned to a version) and with the store unreachable."""
     from serve_app.deployments import DetectorReplica
 
-    cfg, store, mv, _ = promoted_store(tmp_path, detector, serve={"model_poll_s": 3600})
+    cfg, store, mv, _ = promoted_store(tmp_path, detector, registry_poll_interval_s=3600)
     replica = DetectorReplica(cfg.to_dict())  # a plain object here: no Ray needed
     try:
         replica.check_health()
@@ -297,7 +297,7 @@ def test_a_detector_replica_refuses_windows_checked_against_another_model(tmp_pa
     from eyenet.serving.inference import CheckedWindows
     from serve_app.deployments import DetectorReplica
 
-    cfg, _, mv, _ = promoted_store(tmp_path, detector, serve={"model_poll_s": 3600})
+    cfg, _, mv, _ = promoted_store(tmp_path, detector, registry_poll_interval_s=3600)
     replica = DetectorReplica(cfg.to_dict())
     try:
         described = replica.describe()

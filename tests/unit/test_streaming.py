@@ -68,14 +68,26 @@ def test_resent_and_late_samples_are_not_scored_twice(detector):
     assert len(first) == 200 and again.empty
 
 
-def test_window_frame_holds_the_newest_rows_only(detector):
+def test_the_buffer_holds_the_newest_rows_only(detector):
     feed = telemetry(100, start_s=0, devices=("r1",))
     scorer = StreamScorer(detector)
     scorer.update(feed)
-    window = scorer.window_frame("r1")
+    window = scorer._frame(["r1"])
     assert len(window) == scorer.buffer_rows
     assert window["timestamp"].iloc[-1] == feed["timestamp"].iloc[-1]
-    assert scorer.window_frame("unknown").empty
+
+
+def test_a_new_model_takes_the_buffered_window_and_scores_the_next_sample(detector):
+    """A switch to another model (a promotion) carries each device's buffered rows over, so
+    the next sample is scored at once rather than after a whole new window."""
+    feed = telemetry(60, start_s=0, devices=("r1",))
+    old = StreamScorer(detector)
+    old.update(feed.iloc[:50])
+    fresh, taken = StreamScorer(detector), StreamScorer(detector)
+    assert taken.take_buffers(old) == 1
+    assert taken.update(feed.iloc[50:51])["raw_score"].notna().all()
+    assert fresh.update(feed.iloc[50:51])["raw_score"].isna().all()
+    assert taken.update(feed.iloc[40:51]).empty, "rows the old model scored are not scored again"
 
 
 def test_unfitted_detector_is_refused():
