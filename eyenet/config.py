@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from eyenet.errors import ConfigError
 
+DEFAULT_MODEL_NAME = "eyenet-detector"  # the registry name every job and actor uses unless told
 DEFAULT_METRICS = ["bytes_in", "bytes_out", "packets_in", "packets_out", "latency"]
 DEFAULT_COUNTER_METRICS = ["bytes_in", "bytes_out", "packets_in", "packets_out"]
 # Built-in plausibility bounds for the default metrics (rates for counters): 1 Tbit/s in

@@ -59,7 +59,7 @@ def _detect(config: EyeNetConfig, options: Any) -> int:
 
 
 def _train(config: EyeNetConfig, options: Any) -> int:
-    from jobs.train_cli import main
+    from jobs.train import main
     return main(config, options)
 
 

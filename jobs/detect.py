@@ -18,8 +18,8 @@ from typing import Any
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.detection.datasets import read_metric_csv
 from eyenet.errors import EyeNetError
+from eyenet.telemetry.files import read_metric_csv
 from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, to_ms
 from jobs.fitting import config_for, fit_detector
 from jobs.options import DetectOptions, job_main

@@ -20,12 +20,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
-from eyenet.config import EyeNetConfig, load_config
+from eyenet.config import DEFAULT_MODEL_NAME, EyeNetConfig, load_config
 from eyenet.detection.evaluation import EVALUATED_MODELS
 from eyenet.errors import ConfigError, EyeNetError
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
-DEFAULT_MODEL_NAME = "eyenet-detector"
 DATASETS = ("smd", "nab")
 INGEST_SOURCES = ("simulated", "replay")
 

@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.detection.datasets import read_metric_csv
 from eyenet.errors import TelemetryError
 from eyenet.models.registry import ModelRegistry, ModelVersion
 from eyenet.store import open_store
-from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, to_ms
+from eyenet.telemetry.files import read_metric_csv
+from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, ms_of, to_ms
+from eyenet.telemetry.validation import ValidationResult, validate_history
 from jobs.fitting import config_for, fit_detector
 from jobs.options import TrainOptions, job_main
 
@@ -31,6 +32,9 @@ def run_train(config: EyeNetConfig, options: TrainOptions) -> ModelVersion:
     if options.train_csv:
         frame, metrics = read_metric_csv(options.train_csv)
         config, source = config_for(config, metrics, frame), options.train_csv
+        checked = validate_history(frame, config, source)
+        frame = checked.accepted
+        report_validation(source, checked)
     else:
         frame = store.read_range(options.since, options.until, device_ids=options.device)
         source = f"store {config.store_uri} ({len(frame)} samples)"
@@ -65,12 +69,20 @@ def flag_incidents(frame: pd.DataFrame, events: list[Any], tolerance_s: float) -
         if event.device_id is None:
             continue
         # live anomaly events cover an episode (payload start_ms..end_ms); others a moment
-        start = int(event.payload.get("start_ms", pd.Timestamp(event.ts).value // 1_000_000))
+        start = int(event.payload.get("start_ms", ms_of(event.ts)))
         end = int(event.payload.get("end_ms", start))
         near = (ts_ms >= start - tolerance_s * 1000) & (ts_ms <= end + tolerance_s * 1000)
         label[(devices == event.device_id) & near] = 1
     frame[LABEL] = label.astype(np.int64)
     return frame
+
+
+def report_validation(source: str, checked: ValidationResult) -> None:
+    """Say what the ingest rules repaired or rejected in a file, as ingest's summary does."""
+    counts = {**{f"repaired {k}": v for k, v in checked.repaired_counts.items()},
+              **{f"rejected {k}": v for k, v in checked.rejected_counts.items()}}
+    if counts:
+        print(f"{source}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), flush=True)
 
 
 def main(config: EyeNetConfig, options: TrainOptions) -> int:

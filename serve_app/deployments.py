@@ -41,6 +41,7 @@ from eyenet.serving.inference import (
 )
 from eyenet.store import open_store
 from eyenet.streaming.live import anomaly_points, batch_summary
+from eyenet.telemetry.schema import ms_of
 from serve_app.api import create_app
 from serve_app.local import StoreViews
 
@@ -166,7 +167,7 @@ class DetectorReplica:
             detector = service.detector
             flagged = [p for p in batch.predictions if p["is_anomaly"]]
             anomalies = anomaly_points(detector, [p["device_id"] for p in flagged],
-                                       [pd.Timestamp(p["timestamp"]).value // 1_000_000 for p in flagged],
+                                       [ms_of(p["timestamp"]) for p in flagged],
                                        [p["anomaly_score"] for p in flagged],
                                        [p["top_features"] for p in flagged])
             monitor.record.remote(batch_summary(detector, [p["device_id"] for p in batch.predictions],

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
-from eyenet.errors import SourceError
+from eyenet.errors import SourceError, TelemetryError
 from eyenet.sources.base import FetchResult, Source, check_number
-from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, parse_timestamps, to_ms
+from eyenet.telemetry.files import line_of, read_table, timestamps_of
+from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, to_ms
 
 
 def _stem(path: Path) -> str:
@@ -78,26 +79,15 @@ class ReplaySource(Source):
 
     def _read(self, path: Path, device_id: str | None) -> tuple[pd.DataFrame, bool]:
         """The file as a sample frame, and whether it named its own devices."""
-        try:
-            frame = pd.read_parquet(path) if path.name.endswith(".parquet") else pd.read_csv(path)
-        except FileNotFoundError as exc:
-            raise SourceError(f"replay file {path}: no such file", source=self.name) from exc
-        except (OSError, ValueError, UnicodeDecodeError, ImportError) as exc:
-            raise SourceError(f"replay file {path} cannot be read: {exc}", source=self.name) from exc
-        if TIMESTAMP not in frame.columns:
-            raise SourceError(f"replay file {path} has no {TIMESTAMP!r} column "
-                              f"(columns: {list(frame.columns)})", source=self.name)
-        if frame.empty:
-            raise SourceError(f"replay file {path} has no rows", source=self.name)
+        try:  # the one file reader and timestamp rule; its errors name the file and line
+            frame = read_table(path)
+            stamps = timestamps_of(path, frame)
+        except TelemetryError as exc:
+            raise SourceError(f"replay file {exc}", source=self.name) from exc
         missing = [m for m in self.metrics if m not in frame.columns]
         if missing:
             raise SourceError(f"replay file {path} lacks configured metric column(s) {missing}",
                               source=self.name)
-        stamps = _parse(frame[TIMESTAMP])
-        if stamps.isna().any():
-            row = int(np.flatnonzero(stamps.isna().to_numpy())[0])
-            raise SourceError(f"replay file {path}: row {row + 1} has timestamp "
-                              f"{frame[TIMESTAMP].iloc[row]!r}, which is not a time", source=self.name)
         own = DEVICE in frame.columns
         if own and device_id is not None:
             raise SourceError(f"replay file {path} has a {DEVICE} column; do not also give it "
@@ -107,7 +97,8 @@ class ReplaySource(Source):
             blank = ids.isna() | (ids == "")
             if blank.any():
                 row = int(np.flatnonzero(blank.to_numpy())[0])
-                raise SourceError(f"replay file {path}: row {row + 1} has no {DEVICE}", source=self.name)
+                raise SourceError(f"replay file {path}: line {line_of(row)} has no {DEVICE}",
+                                  source=self.name)
             devices = ids.astype(str).to_numpy(dtype=object)
         else:
             devices = np.full(len(frame), device_id or _stem(path), dtype=object)
@@ -179,14 +170,3 @@ class ReplaySource(Source):
         if not parts:
             return FetchResult(self._frame.iloc[:0].copy(), failed)
         return FetchResult(pd.concat(parts, ignore_index=True), failed)
-
-
-def _parse(values: pd.Series) -> pd.Series:
-    """Timestamps as UTC; ISO text takes the fast path, anything else the validator's rules
-    (numbers are epoch seconds, naive times are UTC)."""
-    if not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values)):
-        try:
-            return pd.to_datetime(values, utc=True, format="ISO8601")
-        except (ValueError, TypeError):
-            pass
-    return parse_timestamps(values)

@@ -38,7 +38,7 @@ from eyenet.config import EyeNetConfig
 from eyenet.errors import SourceError, StoreError
 from eyenet.sources.base import Source
 from eyenet.store import Store
-from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, from_ms, to_ms
+from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, from_ms, ms_of, to_ms
 from eyenet.telemetry.validation import DeviceState, TelemetryValidator
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class Collector:
         if checked.accepted.empty:
             return None, caught_up
         for device, ts in checked.accepted.groupby(DEVICE)[TIMESTAMP].max().items():
-            self.last_sample_ms[device] = int(ts.value // 1_000_000)
+            self.last_sample_ms[device] = ms_of(ts)
         return checked.accepted, caught_up
 
     def _fail(self, backoff: _Backoff, error: str, now_s: float) -> None:

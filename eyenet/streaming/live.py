@@ -35,7 +35,7 @@ from eyenet.monitoring.drift import bin_counts
 from eyenet.monitoring.monitor import LatencyWindow, ScoreSummary
 from eyenet.store import Event, Store
 from eyenet.streaming.scorer import StreamScorer
-from eyenet.telemetry.schema import DEVICE, TIMESTAMP, to_ms
+from eyenet.telemetry.schema import DEVICE, TIMESTAMP, ms_of, to_ms
 
 EPISODE_REFRESH_S = 10.0
 MAX_EVENT_METRICS = 3
@@ -186,7 +186,7 @@ class LiveScorer:
         gap_ms = self.config.alerts.resolve_after_s * 1000
         for device, ts in newest.items():
             episode = self.episodes.get(device)
-            if episode is not None and ts.value // 1_000_000 - episode.last_ms > gap_ms:
+            if episode is not None and ms_of(ts) - episode.last_ms > gap_ms:
                 self._write_episode(device, episode, "resolved", now_s)
                 del self.episodes[device]
 

@@ -29,6 +29,11 @@ def to_ms(timestamps: pd.Series) -> pd.Series:
     return pd.Series((ns + 500_000) // 1_000_000, index=timestamps.index)
 
 
+def ms_of(timestamp: pd.Timestamp | str) -> int:
+    """One timestamp as epoch milliseconds, by :func:`to_ms`'s rounding rule."""
+    return (pd.Timestamp(timestamp).as_unit("ns").value + 500_000) // 1_000_000
+
+
 def from_ms(ms: Iterable[int] | np.ndarray) -> pd.DatetimeIndex:
     return pd.to_datetime(np.asarray(ms, dtype="int64"), unit="ms", utc=True)
 
@@ -45,6 +50,11 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
         return ts.dt.tz_convert("UTC")
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return pd.to_datetime(values.astype("float64"), unit="s", utc=True, errors="coerce")
+    if values.map(lambda v: isinstance(v, str)).all():  # the common file case: try ISO text in one go
+        try:
+            return pd.to_datetime(values, utc=True, format="ISO8601")
+        except (ValueError, TypeError):
+            pass
     out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
     numeric = pd.to_numeric(values, errors="coerce")
     is_num = numeric.notna() & values.map(lambda v: isinstance(v, (int, float, np.number)))

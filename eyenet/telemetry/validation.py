@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
+from eyenet.errors import TelemetryError
 from eyenet.telemetry.schema import (
     DEVICE,
     LABEL,
@@ -291,3 +292,15 @@ class TelemetryValidator:
             state = self._state.setdefault(device_id, DeviceState())
             if state.last_ts_ms is None or ts_max > state.last_ts_ms:
                 state.last_ts_ms = int(ts_max)
+
+
+def validate_history(frame: pd.DataFrame, config: EyeNetConfig, source: str) -> ValidationResult:
+    """A recorded history through the ingest rules, as if it had streamed in: a model trained
+    on a file sees exactly what serving would have stored (no training/serving skew).
+
+    A history with no acceptable sample is an error naming ``source`` and the reasons."""
+    result = TelemetryValidator(config).validate(frame)
+    if result.accepted.empty:
+        reasons = ", ".join(f"{k} {v}" for k, v in result.rejected_counts.most_common())
+        raise TelemetryError(f"{source}: no sample passes validation ({reasons})")
+    return result

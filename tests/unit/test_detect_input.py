@@ -53,7 +53,7 @@ def test_non_numeric_value_names_column_and_row(tmp_path, capsys):
     values = np.arange(200.0).astype(object)
     values[7] = "oops"
     err = run(tmp_path, capsys, write(tmp_path / "train.csv", b=values))
-    assert "column 'b' row 9" in err and "'oops'" in err
+    assert "column 'b' line 9" in err and "'oops'" in err
 
 
 def test_test_file_missing_a_training_metric(tmp_path, capsys):
@@ -78,7 +78,7 @@ def test_bad_timestamp_names_the_row(tmp_path, capsys):
     stamps = pd.date_range("2026-01-01", periods=200, freq="60s", tz="UTC").astype(str).tolist()
     stamps[3] = "yesterday-ish"
     err = run(tmp_path, capsys, write(tmp_path / "train.csv", timestamp=stamps))
-    assert "row 5" in err and "not a timestamp" in err
+    assert "line 5" in err and "not a timestamp" in err
 
 
 @pytest.mark.parametrize("flag,value", [("--workers", "0"), ("--gpus", "-1")])

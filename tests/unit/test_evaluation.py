@@ -191,7 +191,7 @@ def test_repeated_timestamps_fail_detect_input_but_datasets_keep_the_first(tmp_p
     path = tmp_path / "x.csv"
     pd.DataFrame({"timestamp": ["2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:01:00Z"],
                   "v": [1.0, 2.0, 3.0]}).to_csv(path, index=False)
-    with pytest.raises(TelemetryError, match="row 4 repeats timestamp"):
+    with pytest.raises(TelemetryError, match="line 4 repeats timestamp"):
         read_metric_csv(path)
     frame, _ = read_metric_csv(path, keep_first_duplicate=True)
     assert frame["v"].tolist() == [1.0, 2.0]

@@ -375,10 +375,11 @@ def test_replay_loops_with_shifted_timestamps(tmp_path):
 
 @pytest.mark.parametrize(("setup", "message"), [
     (lambda p: p / "none.csv", "none.csv: no such file"),
-    (lambda p: (p / "x.csv").write_text("a,b\n1,2\n") and p / "x.csv", "has no 'timestamp' column"),
-    (lambda p: (p / "x.csv").write_text("timestamp,bytes_in\n") and p / "x.csv", "x.csv has no rows"),
+    (lambda p: (p / "x.csv").write_text("a,b\n1,2\n") and p / "x.csv", "no 'timestamp' column"),
+    (lambda p: (p / "x.csv").write_text("timestamp,bytes_in\n") and p / "x.csv",
+     "x.csv: has a header but no rows"),
     (lambda p: (p / "x.csv").write_text("timestamp,bytes_in\n2025-01-01,1\nsoon,2\n") and p / "x.csv",
-     "x.csv: row 2 has timestamp 'soon'"),
+     "x.csv: column 'timestamp' line 3 holds 'soon'"),
 ])
 def test_replay_unreadable_files_are_named(tmp_path, setup, message):
     with pytest.raises(SourceError, match=re.escape(message)):
