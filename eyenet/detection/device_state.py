@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, TypeVar
 
-from eyenet.store import Store
+from eyenet.store import ComponentStateStore
 
 
 class DeviceState(Protocol):
@@ -21,11 +21,13 @@ class DeviceState(Protocol):
 S = TypeVar("S")
 
 
-def save_device_state(store: Store, device_id: str, feature_names: list[str], state: DeviceState) -> None:
+def save_device_state(store: ComponentStateStore, device_id: str, feature_names: list[str],
+                      state: DeviceState) -> None:
     store.put_state(f"{state.STATE_KIND}/{device_id}", {"features": list(feature_names), **state.to_dict()})
 
 
-def load_device_state(store: Store, cls: type[S], device_id: str, feature_names: list[str]) -> S | None:
+def load_device_state(store: ComponentStateStore, cls: type[S], device_id: str,
+                      feature_names: list[str]) -> S | None:
     """The ``cls`` state saved for ``device_id``, if it was saved for these features."""
     saved = store.get_state(f"{cls.STATE_KIND}/{device_id}")  # type: ignore[attr-defined]
     if not saved or saved.get("features") != list(feature_names):

@@ -29,7 +29,8 @@ from eyenet.errors import (
     RegistryError,
 )
 from eyenet.models.artifacts import ArtifactStore
-from eyenet.store.base import Event, Store
+from eyenet.store.base import Event
+from eyenet.store.protocols import Store
 
 DEFAULT_MODEL_NAME = "eyenet-detector"
 STAGING, PRODUCTION, ARCHIVED = "staging", "production", "archived"

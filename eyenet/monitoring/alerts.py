@@ -45,7 +45,7 @@ from eyenet.monitoring.webhook import (
     redact_url,
     rfc3339,
 )
-from eyenet.store import Event, Store
+from eyenet.store import Event, EventStore
 
 __all__ = ["ALERT_KINDS", "REPEAT_SAVE_S", "ZERO_TIME", "AlertManager", "AlertSink", "LogSink",
            "WebhookSink", "alertmanager_payload", "build_sinks", "redact_url", "rfc3339"]
@@ -105,7 +105,7 @@ class AlertManager:
     """Deduplicates, cools down, persists and dispatches alerts. Not thread-safe: the monitor
     owning it serialises calls."""
 
-    def __init__(self, store: Store, config: AlertConfig, sinks: Iterable[AlertSink] | None = None,
+    def __init__(self, store: EventStore, config: AlertConfig, sinks: Iterable[AlertSink] | None = None,
                  now_s: Callable[[], float] = time.time,
                  kinds: tuple[str, ...] = ALERT_KINDS) -> None:
         self.store = store

@@ -27,7 +27,7 @@ from eyenet.detection.device_scaling import DeviceStats
 from eyenet.detection.device_state import load_device_state
 from eyenet.detection.regime import RegimeState
 from eyenet.errors import RequestError
-from eyenet.store import Store
+from eyenet.store import ComponentStateStore, TelemetryStore
 from eyenet.telemetry.schema import DEVICE, TIMESTAMP, parse_timestamps, to_ms
 
 MAX_WINDOWS_PER_REQUEST = 1000
@@ -167,7 +167,7 @@ class LiveWindows:
     batch of devices in one store call. A device without samples is refused with 404, one
     with fewer than ``window_steps + 1`` with 409."""
 
-    def __init__(self, store: Store, detector: Detector) -> None:
+    def __init__(self, store: TelemetryStore, detector: Detector) -> None:
         self.store, self.metrics = store, list(detector.metrics)
         self.min_rows = detector.config.window_steps + 1
         self.rows = self.min_rows + detector.config.smoothing
@@ -226,7 +226,7 @@ class InferenceService:
     """A loaded production detector and the request rules around it."""
 
     def __init__(self, detector: Detector, model_version: int | None, sample_interval_s: float = 1.0,
-                 store: Store | None = None) -> None:
+                 store: ComponentStateStore | None = None) -> None:
         detector.require_fitted()
         self.detector = detector
         self.model_version = model_version

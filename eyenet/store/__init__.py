@@ -1,13 +1,26 @@
-"""Stores, opened by URI: ``sqlite:///PATH`` (embedded default) or ``mongodb://...``."""
+"""Stores, opened by URI: ``sqlite:///PATH`` (embedded default) or ``mongodb://...``.
+
+:class:`Store` is the union of the four protocols in :mod:`eyenet.store.protocols`; type
+code that needs one part against that part (``TelemetryStore``, ``EventStore``,
+``ModelStore``, ``ComponentStateStore``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from eyenet.errors import StoreError
-from eyenet.store.base import DeviceInfo, Event, Store, WriteResult, redact_uri
+from eyenet.store.base import DeviceInfo, Event, WriteResult, redact_uri
+from eyenet.store.protocols import (
+    ComponentStateStore,
+    EventStore,
+    ModelStore,
+    Store,
+    TelemetryStore,
+)
 
-__all__ = ["DeviceInfo", "Event", "Store", "WriteResult", "open_store", "redact_uri"]
+__all__ = ["ComponentStateStore", "DeviceInfo", "Event", "EventStore", "ModelStore", "Store",
+           "TelemetryStore", "WriteResult", "open_store", "redact_uri"]
 
 
 def open_store(uri: str, **kwargs: Any) -> Store:

@@ -1,24 +1,13 @@
-"""The store interface: telemetry, events, reports and model records behind one contract.
+"""What both store backends share: the records they hold and the checks they apply.
 
-Two backends implement it (``SQLiteStore``, ``MongoStore``) and one contract test suite
-runs on both. What both promise:
-
-* telemetry writes are idempotent on ``(device_id, timestamp)`` at millisecond
-  resolution: a retried batch never duplicates a sample, and the first value written
-  wins. ``write_samples`` returns only after the batch is durable against a crash of the
-  writing process, so an acknowledged batch is never lost;
-* frames come back with ``device_id``, ``timestamp`` (UTC), the metric columns and
-  ``label``; missing values are NaN;
-* model version numbers come from an atomic counter, so concurrent registrations never
-  share a number; the registry state (which version is production) changes only by
-  compare-and-set, so promotions are atomic without multi-document transactions.
+The interface itself is in :mod:`eyenet.store.protocols`; this module holds the values that
+cross it (:class:`WriteResult`, :class:`DeviceInfo`, :class:`Event`) and the helpers both
+backends call, so that SQLite and MongoDB refuse the same frames with the same messages.
 """
 
 from __future__ import annotations
 
 import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -168,127 +157,3 @@ def to_timestamp_ms(value: Any) -> int:
     if ts.isna().iloc[0]:
         raise TelemetryError(f"{value!r} is not a point in time")
     return int(to_ms(ts).iloc[0])
-
-
-class Store(ABC):
-    """One interface, two backends. Picklable by URI so Ray workers reopen their own."""
-
-    uri: str
-
-    # -- telemetry ----------------------------------------------------------------------
-    @abstractmethod
-    def write_samples(self, frame: pd.DataFrame) -> WriteResult:
-        """Insert samples idempotently; duplicates of stored (device, ts) are counted."""
-
-    @abstractmethod
-    def last_window(self, device_id: str, window_s: float = 300.0,
-                    end: Any = None) -> pd.DataFrame:
-        """Samples of one device in ``(end - window_s, end]``; ``end`` defaults to its
-        newest sample. Sorted by time; empty if the device has none."""
-
-    @abstractmethod
-    def last_samples(self, device_ids: Sequence[str], rows: int) -> pd.DataFrame:
-        """The newest ``rows`` samples of each device (all it has when fewer) in one read,
-        ordered by device then time; devices without samples are absent."""
-
-    @abstractmethod
-    def iter_range(self, start: Any = None, end: Any = None,
-                   device_ids: Sequence[str] | None = None,
-                   chunk_rows: int = 100_000) -> Iterator[pd.DataFrame]:
-        """Samples with ``start <= timestamp < end`` in chunks, ordered by device then time."""
-
-    def read_range(self, start: Any = None, end: Any = None,
-                   device_ids: Sequence[str] | None = None) -> pd.DataFrame:
-        """All samples in a time range as one DataFrame (training input)."""
-        chunks = list(self.iter_range(start, end, device_ids))
-        if not chunks:
-            return self._empty_frame()
-        return pd.concat(chunks, ignore_index=True)
-
-    @abstractmethod
-    def list_devices(self) -> list[DeviceInfo]:
-        """Every device with samples, with its sample count and time span."""
-
-    @abstractmethod
-    def count_samples(self, device_id: str | None = None) -> int: ...
-
-    @abstractmethod
-    def _empty_frame(self) -> pd.DataFrame: ...
-
-    # -- events and reports ---------------------------------------------------------------
-    @abstractmethod
-    def upsert_event(self, event: Event) -> str:
-        """Insert or replace the event with this ``event_id``; returns the id."""
-
-    @abstractmethod
-    def list_events(self, since: Any = None, until: Any = None, device_id: str | None = None,
-                    kind: str | None = None, status: str | None = None,
-                    limit: int = 1000) -> list[Event]:
-        """Newest first."""
-
-    @abstractmethod
-    def save_report(self, report: dict[str, Any]) -> str:
-        """Store a JSON-able report; returns its id (``report["report_id"]`` if given)."""
-
-    @abstractmethod
-    def get_report(self, report_id: str) -> dict[str, Any] | None: ...
-
-    @abstractmethod
-    def list_reports(self, limit: int = 100, kind: str | None = None, since: Any = None,
-                     until: Any = None) -> list[dict[str, Any]]:
-        """Newest first; ``kind`` matches ``report["kind"]``, ``since <= created_at < until``."""
-
-    # -- component state (collector cursors, monitor state) ------------------------------------
-    @abstractmethod
-    def put_state(self, key: str, value: dict[str, Any]) -> None:
-        """Replace the JSON-able state saved under ``key`` (a restarted actor reads it back)."""
-
-    @abstractmethod
-    def get_state(self, key: str) -> dict[str, Any] | None:
-        """The state saved under ``key``, or None."""
-
-    # -- model records (used by eyenet.models.registry) ------------------------------------------
-    @abstractmethod
-    def allocate_model_version(self, name: str) -> int:
-        """Atomically the next version number of ``name`` (1, 2, ...); never reused."""
-
-    @abstractmethod
-    def insert_model_record(self, record: dict[str, Any]) -> None:
-        """Store a new version record (keys ``name`` and ``version`` are unique)."""
-
-    @abstractmethod
-    def update_model_record(self, name: str, version: int, fields: dict[str, Any]) -> None: ...
-
-    @abstractmethod
-    def get_model_record(self, name: str, version: int) -> dict[str, Any] | None: ...
-
-    @abstractmethod
-    def list_model_records(self, name: str | None = None) -> list[dict[str, Any]]:
-        """Ordered by name, then version."""
-
-    @abstractmethod
-    def get_registry_state(self, name: str) -> tuple[dict[str, Any], int]:
-        """The registry state of ``name`` and its revision (0 when never written)."""
-
-    @abstractmethod
-    def compare_and_set_registry_state(self, name: str, expected_rev: int,
-                                       state: dict[str, Any]) -> bool:
-        """Write ``state`` as revision ``expected_rev + 1`` only if the stored revision is
-        still ``expected_rev``; False when another writer got there first."""
-
-    # -- lifecycle ------------------------------------------------------------------------
-    @abstractmethod
-    def ping(self) -> None:
-        """Raise :class:`StoreConnectionError` when the store cannot be reached."""
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({redact_uri(self.uri)!r})"

@@ -37,13 +37,13 @@ from eyenet.store.base import (
     RESERVED_COLUMNS,
     DeviceInfo,
     Event,
-    Store,
     WriteResult,
     prepare_samples,
     redact_uri,
     stamp_report,
     to_timestamp_ms,
 )
+from eyenet.store.protocols import Store
 from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP
 
 DUPLICATE_KEY = 11000
@@ -136,9 +136,6 @@ class MongoStore(Store):
         out[LABEL] = pd.Series([d.get(LABEL) for d in docs], dtype="object").astype("Int8")
         return out
 
-    def _empty_frame(self) -> pd.DataFrame:
-        return self._frame([])
-
     def last_window(self, device_id: str, window_s: float = 300.0, end: Any = None) -> pd.DataFrame:
         if not window_s > 0:
             raise StoreError(f"window_s must be > 0, got {window_s!r}")
@@ -183,6 +180,13 @@ class MongoStore(Store):
                     batch = []
             if batch:
                 yield self._frame(batch)
+
+    def read_range(self, start: Any = None, end: Any = None,
+                   device_ids: Sequence[str] | None = None) -> pd.DataFrame:
+        chunks = list(self.iter_range(start, end, device_ids))
+        if not chunks:
+            return self._frame([])
+        return pd.concat(chunks, ignore_index=True)
 
     def list_devices(self) -> list[DeviceInfo]:
         with self._errors("list devices"):
