@@ -8,7 +8,8 @@ cannot grow its memory.
 Reports cover any time range without keeping history in memory: every
 ``snapshot_interval_s`` the monitor saves a ``monitor_snapshot`` report holding that
 period's mergeable latency histogram, sums and counts; :meth:`Monitor.report` merges the
-snapshots in range (plus the current unsaved period). Percentiles come from the merged
+snapshots in range (plus the current unsaved period) and writes nothing, and
+:meth:`Monitor.save_report` also saves the result. Percentiles come from the merged
 histogram, so they are exact to its bin resolution (about +-12%).
 """
 
@@ -20,16 +21,16 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import EyeNetError
-from eyenet.monitoring.alerts import ALERT_KINDS, AlertManager, AlertSink, build_sinks
+from eyenet.monitoring.alerts import AlertManager, AlertSink, build_sinks
 from eyenet.monitoring.drift import DriftTracker
 from eyenet.monitoring.latency import MAX_LATENCY_POINTS, LatencyHistogram, LatencyWindow
+from eyenet.monitoring.reports import SNAPSHOT_KIND, build_report, by_count, iso
 from eyenet.store import Event, Store
 
 __all__ = ["MAX_LATENCY_POINTS", "LatencyHistogram", "LatencyWindow", "Monitor", "ScoreSummary"]
@@ -37,11 +38,9 @@ __all__ = ["MAX_LATENCY_POINTS", "LatencyHistogram", "LatencyWindow", "Monitor",
 log = logging.getLogger(__name__)
 
 STATE_KEY = "monitor"
-SNAPSHOT_KIND = "monitor_snapshot"
 MAX_POINTS_PER_DEVICE = 1_000  # anomalous points kept per device (>= anomaly_min_points)
 RATE_BUCKETS = 30              # granularity of the per-device anomaly-rate window
 TOP_METRICS = 3
-QUERY_LIMIT = 100_000
 
 
 @dataclass
@@ -236,39 +235,17 @@ class Monitor:
 
     def report(self, since_s: float, until_s: float | None = None) -> dict[str, Any]:
         """Summarise ``[since_s, until_s)`` from saved snapshots (whole snapshots, by their
-        period end) plus the unsaved current period; saved as a ``report``."""
+        period end) plus the unsaved current period. Reads only: a report may be asked for
+        as often as a caller likes; :meth:`save_report` is the call that saves one."""
         with self._lock:
             now = self.now_s()
-            periods = self.store.list_reports(limit=QUERY_LIMIT, kind=SNAPSHOT_KIND, since=since_s,
-                                              until=until_s)
-            if since_s <= now and (until_s is None or now < until_s) and self._period.summaries:
-                periods.append(self._period_report(self._period, now))
-            hist, windows, anomalies = LatencyHistogram(), 0, Counter[str]()
-            drift: dict[str, list[float]] = {}
-            for p in periods:
-                hist.merge(LatencyHistogram.from_dict(p["latency_histogram"]))
-                windows += int(p.get("windows_scored", 0))
-                anomalies.update({d: int(n) for d, n in p.get("anomalies_by_device", [])})
-                for feature, score in (p.get("drift") or {}).items():
-                    if score is not None:
-                        drift.setdefault(feature, []).append(float(score))
-            by_kind = {k: len(self.store.list_events(since=since_s, until=until_s, kind=k,
-                                                     limit=QUERY_LIMIT)) for k in ALERT_KINDS}
-            per_feature = {f: float(np.mean(v)) for f, v in sorted(drift.items())}
-            overall = float(np.mean(list(per_feature.values()))) if per_feature else None
-            report = {"kind": "report", "created_at": _iso(now), "since": _iso(since_s),
-                      "until": _iso(now if until_s is None else until_s), "since_s": since_s,
-                      "until_s": now if until_s is None else until_s, "snapshots": len(periods),
-                      "latency": {"count": hist.count,
-                                  "avg_ms": hist.sum_ms / hist.count if hist.count else None,
-                                  "p50_ms": hist.quantile(0.5), "p95_ms": hist.quantile(0.95),
-                                  "p99_ms": hist.quantile(0.99)},
-                      "drift": {"per_feature": per_feature, "overall": overall},
-                      "alerts": {"count": sum(by_kind.values()), "by_kind": by_kind},
-                      "anomalies": sum(anomalies.values()),
-                      "anomalies_by_device": [{"device_id": d, "anomalies": n}
-                                              for d, n in _by_count(anomalies)],
-                      "windows_scored": windows, "model_version": self.model_version}
+            current = self._period_report(self._period, now) if self._period.summaries else None
+            return build_report(self.store, since_s, until_s, now, current, self.model_version)
+
+    def save_report(self, since_s: float, until_s: float | None = None) -> dict[str, Any]:
+        """:meth:`report`, saved in the store as a ``report``; returned with its ``report_id``."""
+        with self._lock:
+            report = self.report(since_s, until_s)
             report["report_id"] = self.store.save_report(report)
             return report
 
@@ -319,13 +296,13 @@ class Monitor:
         return self._rates
 
     def _period_report(self, p: _Period, now: float) -> dict[str, Any]:
-        return {"kind": SNAPSHOT_KIND, "created_at": _iso(now), "period_start": _iso(p.start_s),
-                "period_end": _iso(now), "period_start_s": p.start_s, "period_end_s": now,
+        return {"kind": SNAPSHOT_KIND, "created_at": iso(now), "period_start": iso(p.start_s),
+                "period_end": iso(now), "period_start_s": p.start_s, "period_end_s": now,
                 "latency_histogram": p.hist.to_dict(), "latency_sum_ms": p.hist.sum_ms,
                 "latency_count": p.hist.count, "drift": self.drift.scores(),
                 "drift_method": self.drift.method, "windows_scored": p.windows,
                 "summaries": p.summaries, "anomalies": sum(p.anomalies.values()),
-                "anomalies_by_device": [list(x) for x in _by_count(p.anomalies)],
+                "anomalies_by_device": [list(x) for x in by_count(p.anomalies)],
                 "alerts_opened": p.alerts_opened, "model_version": self.model_version}
 
     def _state(self) -> dict[str, Any]:
@@ -357,14 +334,6 @@ def _top_metrics(points: deque[tuple[float, tuple[str, ...]]]) -> list[str]:
     named = Counter(x for _, m in points for x in m)
     ranked = sorted(top, key=lambda x: (-top[x], -named[x], x))
     return ranked[:TOP_METRICS]
-
-
-def _by_count(counts: Counter[str]) -> list[tuple[str, int]]:
-    return sorted(counts.items(), key=lambda x: (-x[1], x[0]))
-
-
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat()
 
 
 def _event_dict(event: Event) -> dict[str, Any]:

@@ -255,7 +255,8 @@ def test_report_merges_snapshots(store) -> None:
                                              {"device_id": "a", "anomalies": 3},
                                              {"device_id": "c", "anomalies": 1}]
     assert report["windows_scored"] == 90 * 10 + 10 * 10 + 1 and report["anomalies"] == 9
-    saved = store.get_report(report["report_id"])
+    assert store.list_reports(kind="report") == []  # reading saved nothing
+    saved = store.get_report(monitor.save_report(since_s=T0)["report_id"])
     assert saved["kind"] == "report" and saved["latency"]["avg_ms"] == lat["avg_ms"]
 
     only_second = monitor.report(since_s=first["period_end_s"] + 1, until_s=clock.t - 5)
