@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import pandas as pd
 import pytest
+
+from eyenet.detection.detector import Detector
+from eyenet.sources.simulator import SimulatedSource
+from eyenet.telemetry.validation import TelemetryValidator
+from tests.synthetic import DEVICES, SEED, make_config
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +26,16 @@ def ray_cluster() -> Iterator[None]:
     ray.init(num_cpus=2, logging_level="WARNING")
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """A small detector trained on 20 minutes of the simulated fleet, and that history."""
+    tmp = tmp_path_factory.mktemp("model")
+    config = make_config(tmp)
+    source = SimulatedSource(config, devices=DEVICES, seed=SEED)
+    end_ms = int(time.time() * 1000) - 3_600_000
+    raw = source.fetch(source.devices(), end_ms - 1_200_000, end_ms).samples
+    history = TelemetryValidator(config).validate(raw).accepted
+    detector = Detector(config.detector, config.metrics, config.gap_s).fit(history)
+    return detector.save(tmp / "model"), history

@@ -19,7 +19,7 @@ import pytest
 from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
 from tests.helpers import wait_for
-from tests.integration.test_pipeline import DEVICES, SEED, make_config, trained_model  # noqa: F401
+from tests.synthetic import DEVICES, SEED, make_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -37,7 +37,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_pool_replicas_and_monitor_follow_a_promotion_and_a_rollback(tmp_path, trained_model):  # noqa: F811
+def test_pool_replicas_and_monitor_follow_a_promotion_and_a_rollback(tmp_path, trained_model):
     import ray
     from ray import serve
 

@@ -20,45 +20,16 @@ import pytest
 
 from actors.collector import LiveCollectors
 from eyenet.config import EyeNetConfig
-from eyenet.detection.detector import Detector
 from eyenet.models.registry import ModelRegistry
 from eyenet.sources.simulator import Incident, SimulatedSource
 from eyenet.store import open_store
 from eyenet.telemetry.schema import DEVICE, TIMESTAMP, to_ms
 from eyenet.telemetry.validation import TelemetryValidator
 from tests.helpers import wait_for
+from tests.synthetic import DEVICES, SEED, make_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
-DEVICES = 6
-SEED = 11
-
-
-def make_config(tmp_path: Path, **overrides) -> EyeNetConfig:
-    base = {
-        "store_uri": f"sqlite:///{tmp_path}/eyenet.db", "artifact_root": str(tmp_path / "artifacts"),
-        "detector": {"window_steps": 10, "hidden_size": 16, "num_layers": 1, "max_epochs": 30,
-                     "max_train_time_s": 20, "batch_size": 64, "learning_rate": 0.005},
-        "streaming": {"devices_per_actor": 3, "feature_actors": 2, "fetch_chunk_s": 60},
-        "monitor": {"check_interval_s": 1, "min_drift_samples": 300, "snapshot_interval_s": 5},
-        "alerts": {"anomaly_min_points": 3, "anomaly_window_s": 60},
-    }
-    for key, value in overrides.items():
-        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
-    return EyeNetConfig.from_dict(base)
-
-
-@pytest.fixture(scope="module")
-def trained_model(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
-    """A small detector trained on 20 minutes of the simulated fleet, and that history."""
-    tmp = tmp_path_factory.mktemp("model")
-    config = make_config(tmp)
-    source = SimulatedSource(config, devices=DEVICES, seed=SEED)
-    end_ms = int(time.time() * 1000) - 3_600_000
-    raw = source.fetch(source.devices(), end_ms - 1_200_000, end_ms).samples
-    history = TelemetryValidator(config).validate(raw).accepted
-    detector = Detector(config.detector, config.metrics, config.gap_s).fit(history)
-    return detector.save(tmp / "model"), history
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ from eyenet.detection.detector import Detector
 from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
 from tests.helpers import wait_for
-from tests.unit.test_api import promoted_store
-from tests.unit.test_detector import METRICS, config, telemetry
+from tests.synthetic import METRICS, config, promoted_store, telemetry
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -15,32 +15,13 @@ from fastapi.testclient import TestClient
 from eyenet.config import EyeNetConfig
 from eyenet.detection.detector import Detector
 from eyenet.errors import EyeNetError, RequestError, StoreConnectionError
-from eyenet.models.registry import ModelRegistry
 from eyenet.serving.inference import InferenceService, ScoreRequest, predict_devices
 from eyenet.store import Event, open_store
 from serve_app.api import create_app
 from serve_app.local import LocalBackend
-from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
+from tests.synthetic import METRICS, config, promoted_store, telemetry
 
 KEY = "s3cret-key"
-
-
-@pytest.fixture(scope="module")
-def detector() -> Detector:
-    return Detector(config(), METRICS, gap_s=3.0).fit(telemetry(400))
-
-
-def promoted_store(tmp_path, detector, **settings):
-    """A store whose production model is ``detector``, holding 60 s of device r1's telemetry."""
-    cfg = EyeNetConfig(metrics=METRICS, counter_metrics=[], store_uri=f"sqlite:///{tmp_path}/e.db",
-                       artifact_root=str(tmp_path / "artifacts"), **settings)
-    store = open_store(cfg.store_uri)
-    registry = ModelRegistry(store, cfg.artifact_root)
-    mv = registry.register(detector.save(tmp_path / "model"))
-    registry.promote(mv.name, mv.version)
-    live = telemetry(60, start_s=5000, seed=4, devices=("r1",))
-    store.write_samples(live.assign(label=pd.array([None] * len(live), dtype="Int8")))
-    return cfg, store, mv, live
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from schemathesis.checks import positive_data_acceptance
 from eyenet.serving.inference import InferenceService
 from serve_app.api import create_app
 from serve_app.local import LocalBackend
-from tests.unit.test_api import detector, promoted_store  # noqa: F401
+from tests.synthetic import promoted_store
 
 
 class _Backend:
@@ -36,7 +36,7 @@ schema.config.generation.update(allow_extra_parameters=False, deterministic=True
 
 
 @pytest.fixture(scope="module", autouse=True)
-def backend(tmp_path_factory, detector):  # noqa: F811
+def backend(tmp_path_factory, detector):
     cfg, store, mv, _ = promoted_store(tmp_path_factory.mktemp("schema"), detector)
     service = InferenceService(detector, mv.version, cfg.sample_interval_s, store)
     _Backend.target = LocalBackend(cfg, store, service)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-from eyenet.config import DetectorConfig
 from eyenet.detection.detector import FORMAT_VERSION, META_FILE, REFERENCE_FILE, WEIGHTS_FILE, Detector
 from eyenet.detection.networks import HEAD_HIDDEN, LSTMDetectorNet, loss_fn, predict
 from eyenet.detection.training import (
@@ -26,53 +24,10 @@ from eyenet.detection.training import (
     train_epoch,
 )
 from eyenet.errors import ArtifactError, TelemetryError
+from tests.synthetic import METRICS, T0, WINDOW, config, telemetry, test_frame
 
-METRICS = ["cpu", "memory", "latency"]
-T0 = pd.Timestamp("2024-01-01", tz="UTC")
-WINDOW = 8
 OUTPUT_COLUMNS = ["device_id", "timestamp", "score", "raw_score", "threshold", "is_anomaly",
                   "top_features", "top_feature", "learning", "regime_change"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small models run fastest (and identically) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def config(**overrides) -> DetectorConfig:
-    base = dict(hidden_size=8, num_layers=1, window_steps=WINDOW, max_epochs=3, batch_size=64,
-                learning_rate=1e-2)
-    return DetectorConfig(**{**base, **overrides})
-
-
-def telemetry(n: int = 600, start_s: int = 0, seed: int = 0, devices=("r1", "r2"),
-              metrics=METRICS) -> pd.DataFrame:
-    """Sines plus noise at 1 s for each device (a different phase per device and period per
-    metric)."""
-    rng = np.random.default_rng(seed)
-    parts = []
-    for i, device in enumerate(devices):
-        t = start_s + np.arange(n, dtype=np.float64)
-        part = pd.DataFrame({"device_id": device, "timestamp": T0 + pd.to_timedelta(t, unit="s")})
-        for j, m in enumerate(metrics):
-            part[m] = 50.0 + 10.0 * np.sin(2 * np.pi * t / (20 + 7 * (j % 5)) + i) + rng.normal(0, 0.5, n)
-        parts.append(part)
-    return pd.concat(parts, ignore_index=True)
-
-
-def test_frame() -> tuple[pd.DataFrame, np.ndarray]:
-    """200 later rows per device; rows 100..104 of r2 carry a latency spike (mask returned)."""
-    frame = telemetry(200, start_s=600, seed=1)
-    spike = (frame["device_id"] == "r2").to_numpy() & np.isin(np.arange(len(frame)) % 200, range(100, 105))
-    frame.loc[spike, "latency"] += 100.0
-    return frame, spike
-
-
-test_frame.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="module")

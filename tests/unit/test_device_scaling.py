@@ -15,7 +15,7 @@ from eyenet.detection.features import Scaler
 from eyenet.streaming.live import LiveScorer
 from eyenet.streaming.scorer import StreamScorer
 from tests.helpers import Clock, live_scorer
-from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
+from tests.synthetic import METRICS, config, telemetry
 
 LEARN_S = 120
 

@@ -12,8 +12,7 @@ from eyenet.models.follower import Followed, ProductionFollower
 from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
 from tests.helpers import Clock, wait_for
-from tests.unit.test_api import detector, promoted_store  # noqa: F401
-from tests.unit.test_detector import METRICS, one_thread, telemetry  # noqa: F401
+from tests.synthetic import METRICS, promoted_store, telemetry
 
 FAST_S = 0.05
 
@@ -165,14 +164,14 @@ def test_follow_runs_until_stopped_and_survives_a_failing_hook():
 
 
 # -- the owners ------------------------------------------------------------------------------
-def _promote_again(cfg, tmp_path, detector, name: str) -> int:  # noqa: F811
+def _promote_again(cfg, tmp_path, detector, name: str) -> int:
     registry = ModelRegistry(open_store(cfg.store_uri), cfg.artifact_root)
     mv = registry.register(detector.save(tmp_path / name))
     registry.promote(mv.name, mv.version)
     return mv.version
 
 
-def test_the_monitor_actor_follows_production_from_before_any_model(tmp_path, detector):  # noqa: F811
+def test_the_monitor_actor_follows_production_from_before_any_model(tmp_path, detector):
     """Drift used to keep the reference the monitor started with (none, before a model)."""
     from actors.monitor import MonitorActor
     from eyenet.config import EyeNetConfig
@@ -196,7 +195,7 @@ def test_the_monitor_actor_follows_production_from_before_any_model(tmp_path, de
         actor.shutdown()
 
 
-def test_the_feature_actor_scores_with_the_new_production_model(tmp_path, detector):  # noqa: F811
+def test_the_feature_actor_scores_with_the_new_production_model(tmp_path, detector):
     from actors.features import FeatureActor
 
     cfg, _, mv, _ = promoted_store(tmp_path, detector, registry_poll_interval_s=FAST_S)
@@ -217,7 +216,7 @@ def test_the_feature_actor_scores_with_the_new_production_model(tmp_path, detect
         actor.stop()
 
 
-def test_the_detector_replica_follows_through_the_same_follower(tmp_path, detector):  # noqa: F811
+def test_the_detector_replica_follows_through_the_same_follower(tmp_path, detector):
     from serve_app.deployments import DetectorReplica
 
     cfg, _, mv, _ = promoted_store(tmp_path, detector, registry_poll_interval_s=FAST_S)

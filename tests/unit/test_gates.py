@@ -13,7 +13,7 @@ from eyenet.models.gates import promotion_gates
 from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
 from jobs.cli import main
-from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
+from tests.synthetic import METRICS, config, telemetry
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from eyenet.store import open_store
 from eyenet.streaming.live import LiveScorer
 from eyenet.telemetry.schema import to_ms
 from tests.helpers import Clock
-from tests.unit.test_detector import METRICS, T0, config, one_thread, telemetry  # noqa: F401
+from tests.synthetic import METRICS, T0, config, telemetry
 
 HOT, CALM = "hot", "calm"
 START_S = 2000                       # the feed starts this long after the training data's T0

@@ -13,7 +13,7 @@ from eyenet.detection.regime import RegimeState, RegimeTracker, training_deviati
 from eyenet.streaming.live import LiveScorer
 from eyenet.streaming.scorer import StreamScorer
 from tests.helpers import Clock, live_scorer
-from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
+from tests.synthetic import METRICS, config, telemetry
 
 ADAPT_S = 120          # 1 s samples: 120 rows
 SHIFT_AT, SPIKE_AT, FEED = 100, 420, 600

@@ -11,7 +11,7 @@ import pytest
 from eyenet.detection.detector import Detector
 from eyenet.errors import TelemetryError
 from eyenet.streaming.scorer import StreamScorer
-from tests.unit.test_detector import METRICS, config, one_thread, telemetry  # noqa: F401
+from tests.synthetic import METRICS, config, telemetry
 
 COMPARED = ["device_id", "timestamp", "is_anomaly", "top_feature"]
 
