@@ -1,4 +1,4 @@
-"""The device collector actor: a thin shell running :class:`eyenet.collector.Collector` in a
+"""The device collector actor: a thin shell running :class:`eyenet.streaming.collector.Collector` in a
 loop and forwarding what it stored to the feature pool.
 
 The loop runs on a thread inside the actor so that ``stats``/``recent_frames``/``stop`` calls
@@ -20,11 +20,11 @@ from typing import Any
 import pandas as pd
 
 from actors.monitor import NAMESPACE
-from eyenet.collector import Collector
 from eyenet.config import EyeNetConfig
-from eyenet.sources import build_source
+from eyenet.sources.factory import build_source
 from eyenet.store import open_store
-from eyenet.telemetry import DEVICE
+from eyenet.streaming.collector import Collector
+from eyenet.telemetry.schema import DEVICE
 
 log = logging.getLogger(__name__)
 

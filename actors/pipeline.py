@@ -21,8 +21,8 @@ from actors.features import FEATURE_ACTOR_CPUS, FeatureActor, split_by_device
 from actors.monitor import NAMESPACE, get_monitor
 from eyenet.config import EyeNetConfig
 from eyenet.errors import PipelineError
-from eyenet.registry import DEFAULT_MODEL_NAME, ModelRegistry
-from eyenet.sources import build_source
+from eyenet.models.registry import DEFAULT_MODEL_NAME, ModelRegistry
+from eyenet.sources.factory import build_source
 from eyenet.store import open_store
 
 log = logging.getLogger(__name__)

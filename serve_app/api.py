@@ -2,7 +2,7 @@
 
 :func:`create_app` takes a *backend*, the object that scores and reads: in Ray Serve it
 is the ingress deployment (which forwards scoring to the batched detector deployment);
-in unit tests a plain object around :class:`eyenet.inference.InferenceService`. Routes,
+in unit tests a plain object around :class:`eyenet.serving.inference.InferenceService`. Routes,
 authentication, body limits and error mapping live here once.
 
 Errors: a refused request is a 4xx whose ``detail`` names the field; nothing reaches the
@@ -32,7 +32,7 @@ from eyenet.errors import (
     RequestError,
     StoreError,
 )
-from eyenet.inference import Prediction, PredictRequest, ScoreRequest
+from eyenet.serving.inference import Prediction, PredictRequest, ScoreRequest
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "EYENET_API_KEY"

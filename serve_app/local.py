@@ -12,8 +12,8 @@ from typing import Any
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError, EyeNetError, RequestError
-from eyenet.inference import InferenceService, LiveWindows, ScoreRequest, predict_devices
-from eyenet.registry import DEFAULT_MODEL_NAME, ModelRegistry
+from eyenet.models.registry import DEFAULT_MODEL_NAME, ModelRegistry
+from eyenet.serving.inference import InferenceService, LiveWindows, ScoreRequest, predict_devices
 from eyenet.store import Store
 from serve_app.api import jsonable
 
@@ -62,7 +62,7 @@ class StoreViews:
         """From the monitor's saved snapshots; reads only. No Monitor is built here: its
         start-up recovers open alerts and may rewrite them, which a GET must never do."""
         from eyenet.monitoring.reports import build_report
-        from eyenet.timespec import parse_since
+        from eyenet.telemetry.timespec import parse_since
 
         now_s = time.time()
         try:
@@ -72,7 +72,7 @@ class StoreViews:
         return jsonable(build_report(self.store, since_s, now_s=now_s))
 
     def promote(self, version: int) -> dict[str, Any]:
-        from eyenet.gates import promotion_gates
+        from eyenet.models.gates import promotion_gates
 
         mv = self.registry.promote(self.model_name, version, promotion_gates(self.config, self.registry))
         return jsonable(mv.to_dict())

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from eyenet.config import DEFAULT_MODEL_NAME
 from eyenet.errors import (
     ArtifactIntegrityError,
     ModelNotFoundError,
@@ -32,7 +33,6 @@ from eyenet.models.artifacts import ArtifactStore
 from eyenet.store.base import Event
 from eyenet.store.protocols import Store
 
-DEFAULT_MODEL_NAME = "eyenet-detector"
 STAGING, PRODUCTION, ARCHIVED = "staging", "production", "archived"
 CAS_ATTEMPTS = 20
 MAX_VERSION = 2**63 - 1
