@@ -149,13 +149,13 @@ def _monitor_report(config: EyeNetConfig, since_s: float) -> dict[str, Any]:
     import ray
 
     from actors.monitor import find_monitor
-    from eyenet.monitoring.monitor import Monitor
+    from eyenet.monitoring.reports import build_report
     from eyenet.store import open_store
 
     monitor = find_monitor()
     if monitor is not None:
         return ray.get(monitor.report.remote(since_s, None), timeout=60)
-    return Monitor(config, open_store(config.store_uri), None, sinks=[]).report(since_s, None)
+    return build_report(open_store(config.store_uri), since_s, None)
 
 
 def _print_report(report: dict[str, Any], store: Any, step: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError
-from eyenet.sources.simulator import Incident
+from eyenet.sources.incidents import Incident
 from jobs.options import IngestOptions, job_main
 
 PROGRESS_EVERY_S = 10.0

@@ -209,6 +209,7 @@ class ReportOptions(Options):
     since: str = opt("1h", "duration back from now (30m, 1h, 2d) or ISO time")
     until: str | None = opt(None, "end of the range (default: now)")
     address: str | None = opt(None, "Ray cluster whose monitor to ask (default: $RAY_ADDRESS)")
+    save: bool = opt(False, "also save the report in the store (reading alone writes nothing)")
     json: bool = opt(False, "print one JSON object")
 
 

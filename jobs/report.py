@@ -22,7 +22,8 @@ from jobs.options import ReportOptions, job_main
 
 
 def run_report(config: EyeNetConfig, since: str, until: str | None = None,
-               address: str | None = None) -> dict[str, Any]:
+               address: str | None = None, save: bool = False) -> dict[str, Any]:
+    """The report over the range; reading writes nothing, ``save`` stores it (with its id)."""
     now_s = time.time()
     since_s = parse_since(since, now_s)
     until_s = parse_since(until, now_s) if until else None
@@ -36,15 +37,20 @@ def run_report(config: EyeNetConfig, since: str, until: str | None = None,
         ray.init(address=address or os.environ["RAY_ADDRESS"], logging_level="WARNING")
         monitor = find_monitor()
         if monitor is not None:
-            return ray.get(monitor.report.remote(since_s, until_s), timeout=60)
-    from eyenet.monitoring.monitor import Monitor
+            method = monitor.save_report if save else monitor.report
+            return ray.get(method.remote(since_s, until_s), timeout=60)
+    from eyenet.monitoring.reports import build_report
     from eyenet.store import open_store
 
-    return Monitor(config, open_store(config.store_uri), None, sinks=[]).report(since_s, until_s)
+    store = open_store(config.store_uri)
+    report = build_report(store, since_s, until_s)
+    if save:
+        report["report_id"] = store.save_report(report)
+    return report
 
 
 def main(config: EyeNetConfig, options: ReportOptions) -> int:
-    report = run_report(config, options.since, options.until, options.address)
+    report = run_report(config, options.since, options.until, options.address, save=options.save)
     if options.json:
         print(json.dumps(report, default=str))
         return 0

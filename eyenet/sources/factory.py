@@ -9,6 +9,7 @@ from eyenet.config import EyeNetConfig
 from eyenet.errors import SourceError
 from eyenet.sources.base import SOURCE_KINDS, Source
 from eyenet.sources.replay import ReplaySource
+from eyenet.sources.simulator import SimulatedSource
 
 
 def build_source(kind: str, config: EyeNetConfig, **options: Any) -> Source:
@@ -19,8 +20,6 @@ def build_source(kind: str, config: EyeNetConfig, **options: Any) -> Source:
     """
     cls: type[Source]
     if kind == "simulated":
-        from eyenet.sources.simulator import SimulatedSource  # lazy: simulate imports this module
-
         cls = SimulatedSource
     elif kind == "replay":
         cls = ReplaySource

@@ -34,15 +34,15 @@ KIND_ROLES = {"ddos_burst": ("bytes_in", "packets_in"), "link_down": (*TRAFFIC, 
 _NO_RESET = np.iinfo(np.int64).min
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _key(text: str) -> int:
+def hash_key(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-def _mix(x: Any) -> np.ndarray:
+def mix_hash(x: Any) -> np.ndarray:
     """splitmix64's finaliser: a bijective avalanche on uint64, wrapping on purpose."""
     with np.errstate(over="ignore"):
         x = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
@@ -51,11 +51,11 @@ def _mix(x: Any) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def _h(h: Any, key: Any) -> np.ndarray:
-    return _mix(np.asarray(h, dtype=np.uint64) ^ np.asarray(key).astype(np.uint64))
+def hash_with(h: Any, key: Any) -> np.ndarray:
+    return mix_hash(np.asarray(h, dtype=np.uint64) ^ np.asarray(key).astype(np.uint64))
 
 
-def _unit(h: np.ndarray) -> np.ndarray:
+def unit_float(h: np.ndarray) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
 
 
@@ -85,7 +85,7 @@ class Incident:
 
 
 @dataclass
-class _Incs:
+class IncidentArrays:
     """Incidents as parallel arrays, the form the generators vectorise over."""
 
     dev: np.ndarray
@@ -95,18 +95,19 @@ class _Incs:
     mag: np.ndarray
     drives: np.ndarray  # (n, n_metrics) bool
 
-    def __getitem__(self, sel: Any) -> _Incs:
-        return _Incs(*(getattr(self, f.name)[sel] for f in fields(self)))
+    def __getitem__(self, sel: Any) -> IncidentArrays:
+        return IncidentArrays(*(getattr(self, f.name)[sel] for f in fields(self)))
 
     def __len__(self) -> int:
         return len(self.dev)
 
     @staticmethod
-    def concat(parts: list[_Incs]) -> _Incs:
-        return _Incs(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(_Incs)))
+    def concat(parts: list[IncidentArrays]) -> IncidentArrays:
+        return IncidentArrays(*(np.concatenate([getattr(p, f.name) for p in parts])
+                                for f in fields(IncidentArrays)))
 
 
-def _expand(lo: np.ndarray, hi: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def expand_spans(lo: np.ndarray, hi: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(incident index, tick index) of every tick in [lo, hi) of the masked incidents."""
     idx = np.flatnonzero(mask & (hi > lo))
     n = hi[idx] - lo[idx]
@@ -158,7 +159,7 @@ class IncidentModel:
                 np.full(len(self._devices), _NO_RESET, np.int64))
         self._checkpoints = {RANDOM_ORIGIN_MS // DAY_MS: zero}
         self._carry_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._epoch_cache: dict[tuple[int, int], _Incs] = {}
+        self._epoch_cache: dict[tuple[int, int], IncidentArrays] = {}
         self._y_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def _resolve(self, item: Incident | Mapping[str, Any]) -> Incident:
@@ -174,7 +175,7 @@ class IncidentModel:
             self._fail(f"{where}: unknown device {item.device_id!r}", device_id=str(item.device_id))
         if item.kind not in KINDS:
             self._fail(f"{where}: unknown kind {item.kind!r}; kinds are {', '.join(KINDS)}")
-        if not (_is_int(item.start_ms) and _is_int(item.end_ms)):
+        if not (is_int(item.start_ms) and is_int(item.end_ms)):
             self._fail(f"{where}: start_ms and end_ms must be integers, got {item.start_ms!r}, "
                        f"{item.end_ms!r}")
         if item.end_ms <= item.start_ms and item.kind != "counter_reset":
@@ -201,8 +202,8 @@ class IncidentModel:
                                f"overlaps {other.kind} [{other.start_ms}, {other.end_ms}]",
                                device_id=down.device_id)
 
-    def _as_arrays(self, items: list[Incident]) -> _Incs:
-        return _Incs(np.array([self._index[x.device_id] for x in items], np.int64),
+    def _as_arrays(self, items: list[Incident]) -> IncidentArrays:
+        return IncidentArrays(np.array([self._index[x.device_id] for x in items], np.int64),
                      np.array([KINDS.index(x.kind) for x in items], np.int64),
                      np.array([x.start_ms for x in items], np.int64),
                      np.array([x.end_ms for x in items], np.int64),
@@ -210,7 +211,7 @@ class IncidentModel:
                      np.array([[m in x.metrics for m in self.metrics] for x in items], bool).reshape(
                          -1, len(self.metrics)))
 
-    def _random_block(self, e_lo: int, e_hi: int) -> _Incs:
+    def _random_block(self, e_lo: int, e_hi: int) -> IncidentArrays:
         """Random incidents of every device on days [e_lo, e_hi): at most one per slot of the
         day, drawn from a hash of (seed, device, day, slot); none on a device-day that has an
         explicit incident."""
@@ -218,23 +219,25 @@ class IncidentModel:
         if not self._rate or e_hi <= e_lo:
             return self._explicit[:0]
         days = np.arange(e_lo, e_hi, dtype=np.int64)
-        h = _h(_h(self._rseed[:, None], days[None, :])[..., None], np.arange(self._slots)[None, None, :])
-        d, di, slot = np.nonzero(_unit(h) < self._rate / self._slots)
+        h = hash_with(hash_with(self._rseed[:, None], days[None, :])[..., None],
+                      np.arange(self._slots)[None, None, :])
+        d, di, slot = np.nonzero(unit_float(h) < self._rate / self._slots)
         if len(self._touched):
             keep = ~np.isin(d * 2**32 + days[di], self._touched)
             d, di, slot = d[keep], di[keep], slot[keep]
-        h2 = _mix(h[d, di, slot])
+        h2 = mix_hash(h[d, di, slot])
         pick = (h2 >> np.uint64(33)) % np.uint64(len(self._random_kinds))
         kind = self._random_kinds[pick.astype(np.int64)]
-        dur = np.round((120_000 + 780_000 * _unit(_h(h2, 1))) / self._ims).astype(np.int64) * self._ims
+        dur_steps = np.round((120_000 + 780_000 * unit_float(hash_with(h2, 1))) / self._ims)
+        dur = dur_steps.astype(np.int64) * self._ims
         dur = np.where(kind == RESET, self._ims, np.maximum(dur, self._ims))
         start = days[di] * DAY_MS + slot * self._slot_ms + (
-            _unit(_h(h2, 2)) * (self._slot_ms - dur - self._ims)).astype(np.int64)
+            unit_float(hash_with(h2, 2)) * (self._slot_ms - dur - self._ims)).astype(np.int64)
         start = -(-start // self._ims) * self._ims
-        return _Incs(d.astype(np.int64), kind, start, start + dur, self._default_mag[kind],
+        return IncidentArrays(d.astype(np.int64), kind, start, start + dur, self._default_mag[kind],
                      self._kind_drives[kind])
 
-    def _random_days(self, e_lo: int, e_hi: int) -> _Incs:
+    def _random_days(self, e_lo: int, e_hi: int) -> IncidentArrays:
         key = (e_lo, e_hi)
         if key not in self._epoch_cache:
             if len(self._epoch_cache) >= 32:
@@ -269,8 +272,9 @@ class IncidentModel:
         np.maximum.at(last, resets.dev, resets.s)
         return total, last
 
-    def _incidents_for(self, rows: np.ndarray, t_first: int, t_last: int) -> _Incs:
-        inc = _Incs.concat([self._explicit, self._random_days(t_first // DAY_MS, t_last // DAY_MS + 1)])
+    def _incidents_for(self, rows: np.ndarray, t_first: int, t_last: int) -> IncidentArrays:
+        random = self._random_days(t_first // DAY_MS, t_last // DAY_MS + 1)
+        inc = IncidentArrays.concat([self._explicit, random])
         member = np.zeros(len(self._devices), bool)
         member[rows] = True
         return inc[member[inc.dev] & (inc.s < t_last)]
@@ -285,21 +289,21 @@ class IncidentModel:
                            names[inc.drives[i]].tolist(), float(inc.mag[i])) for i in range(len(inc))]
         return sorted(found, key=lambda x: (x.start_ms, x.device_id, x.kind))
 
-    def _labels(self, rows: np.ndarray, t_ms: np.ndarray, inc: _Incs) -> np.ndarray:
+    def _labels(self, rows: np.ndarray, t_ms: np.ndarray, inc: IncidentArrays) -> np.ndarray:
         """The label column (devices x ticks): 1 where one of the incidents shows."""
         pos = np.full(len(self._devices), -1)
         pos[rows] = np.arange(len(rows))
-        which, k = _expand(np.searchsorted(t_ms, inc.s, "right"), np.searchsorted(t_ms, inc.e, "right"),
+        which, k = expand_spans(np.searchsorted(t_ms, inc.s, "right"), np.searchsorted(t_ms, inc.e, "right"),
                            np.ones(len(inc), bool))
         label = np.zeros((len(rows), len(t_ms)), np.int8)
         label[pos[inc.dev[which]], k] = 1
         return label
 
     @staticmethod
-    def _contributes(inc: _Incs, j: int) -> np.ndarray:
+    def _contributes(inc: IncidentArrays, j: int) -> np.ndarray:
         return inc.drives[:, j] & np.isin(inc.kind, (DDOS, EXFIL, LINK_DOWN))
 
-    def _contrib(self, j: int, inc: _Incs, u_ms: np.ndarray) -> np.ndarray:
+    def _contrib(self, j: int, inc: IncidentArrays, u_ms: np.ndarray) -> np.ndarray:
         """Whole units incidents added to integrated metric j by time u (link_down: minus the
         base traffic it stopped)."""
         role, d, s = self._roles[j], inc.dev, inc.s
@@ -332,7 +336,7 @@ class IncidentModel:
         return np.array([self._y_cache[k] for k in keys]).reshape(len(keys), len(self._integrated))
 
     def _apply_resets(self, rows: np.ndarray, ticks: np.ndarray, V: dict[int, np.ndarray],
-                      inc: _Incs) -> None:
+                      inc: IncidentArrays) -> None:
         """After a reset at r a counter reads V(t) - Y(r) + bound: restarted near 0, never < 0."""
         counters = [j for j in self._integrated if self.metrics[j] in self._counters]
         t_ms = ticks * self._ims

@@ -36,37 +36,23 @@ from eyenet.config import EyeNetConfig
 from eyenet.errors import SourceError
 from eyenet.sources.base import FetchResult, Source, check_number, empty_samples
 from eyenet.sources.incidents import (
-    CHECKPOINT_DAYS,
     DAY_MS,
-    DDOS,
-    DEFAULT_MAGNITUDE,
-    EXFIL,
-    KIND_ROLES,
-    KINDS,
     LINK_DOWN,
     MAX_INCIDENT_RATE,
-    RANDOM_ORIGIN_MS,
-    RESET,
-    SMALL_PACKET_B,
     SPIKE,
     STUCK,
     TRAFFIC,
     Incident,
+    IncidentArrays,
     IncidentModel,
-    _expand,
-    _h,
-    _Incs,
-    _is_int,
-    _key,
-    _mix,
-    _unit,
+    expand_spans,
+    hash_key,
+    hash_with,
+    is_int,
+    mix_hash,
+    unit_float,
 )
 from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP
-
-__all__ = ["CHECKPOINT_DAYS", "DAY_MS", "DDOS", "DEFAULT_MAGNITUDE", "EXFIL", "GARBAGE", "KINDS",
-           "KIND_ROLES", "LINK_DOWN", "MAX_FETCH_POINTS", "MAX_INCIDENT_RATE", "RANDOM_ORIGIN_MS", "RESET",
-           "SALT", "SMALL_PACKET_B", "SPIKE", "STUCK", "TRAFFIC", "Incident", "IncidentModel",
-           "SimulatedSource"]
 
 MAX_FETCH_POINTS = 1_000_000  # devices x ticks generated at once; longer fetches are chunked
 GARBAGE = ("metric_missing", "metric_non_numeric", "metric_negative", "future_timestamp", "duplicate")
@@ -74,7 +60,7 @@ _NO_VANISH = np.iinfo(np.int64).max
 
 
 def _sym(h: np.ndarray) -> np.ndarray:
-    return 2.0 * _unit(h) - 1.0
+    return 2.0 * unit_float(h) - 1.0
 
 
 def _gauss(h: np.ndarray) -> np.ndarray:
@@ -84,7 +70,7 @@ def _gauss(h: np.ndarray) -> np.ndarray:
     return np.clip(np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2), -3.0, 3.0)
 
 
-SALT = {name: np.uint64(_key(name)) for name in
+SALT = {name: np.uint64(hash_key(name)) for name in
         ("noise:in", "noise:out", "noise:packets_in", "noise:packets_out", "noise:latency",
          "garbage", "fail", "random")}
 
@@ -108,13 +94,13 @@ class SimulatedSource(IncidentModel, Source):
             self._fail(f"sample_interval_s must be whole milliseconds, got {self.interval_s!r}")
         self._devices = self._device_names(devices)
         self._index = {d: i for i, d in enumerate(self._devices)}
-        if not _is_int(seed):
+        if not is_int(seed):
             self._fail(f"seed must be an integer, got {seed!r}")
         self._speed = check_number(self.name, "speed", speed, 0.0, low_open=True)
         self._clock = clock
         self._origin_s = clock() if origin_wall_s is None else check_number(
             self.name, "origin_wall_s", origin_wall_s)
-        if start_ms is not None and not _is_int(start_ms):
+        if start_ms is not None and not is_int(start_ms):
             self._fail(f"start_ms must be an integer (epoch ms), got {start_ms!r}")
         self._start_ms = (int(start_ms) if start_ms is not None
                           else int(self._origin_s * 1000) // self._ims * self._ims)
@@ -131,7 +117,7 @@ class SimulatedSource(IncidentModel, Source):
         if not isinstance(vanish, Mapping | None):
             self._fail(f"vanish must map device_id -> epoch ms, got {vanish!r}")
         for device, at in (vanish or {}).items():
-            if device not in self._index or not _is_int(at):
+            if device not in self._index or not is_int(at):
                 self._fail(f"vanish must map known device ids to epoch ms, got {device!r}: {at!r}")
             self._vanish_ms[self._index[device]] = at
         self._setup_fleet(int(seed))
@@ -141,7 +127,7 @@ class SimulatedSource(IncidentModel, Source):
         raise SourceError(message, source=self.name, device_id=device_id)
 
     def _device_names(self, devices: Any) -> list[str]:
-        if _is_int(devices):
+        if is_int(devices):
             if devices < 1:
                 self._fail(f"devices must be >= 1, got {devices}")
             return [f"dev-{i:04d}" for i in range(int(devices))]
@@ -153,12 +139,12 @@ class SimulatedSource(IncidentModel, Source):
 
     def _setup_fleet(self, seed: int) -> None:
         """Per-device parameters, each a pure function of (seed, device id)."""
-        keys = np.array([_key(d) for d in self._devices], np.uint64)
-        self._dseed = _h(_mix(np.uint64(seed % 2**64)), keys)
-        self._rseed = _h(self._dseed, SALT["random"])
+        keys = np.array([hash_key(d) for d in self._devices], np.uint64)
+        self._dseed = hash_with(mix_hash(np.uint64(seed % 2**64)), keys)
+        self._rseed = hash_with(self._dseed, SALT["random"])
 
         def draw(name: str) -> np.ndarray:
-            return _unit(_h(self._dseed, np.uint64(_key(name))))
+            return unit_float(hash_with(self._dseed, np.uint64(hash_key(name))))
 
         self._b_in = 10.0 ** (5.0 + 3.0 * draw("bytes_in"))  # 1e5..1e8 B/s
         self._b_out = self._b_in * (0.3 + 0.9 * draw("out_ratio"))
@@ -177,7 +163,7 @@ class SimulatedSource(IncidentModel, Source):
                        for j, r in enumerate(self._roles) if j in self._col}
         self._level = {j: 10.0 ** (3.0 * draw("level:" + self.metrics[j]))
                        for j, r in enumerate(self._roles) if r == "gauge"}
-        self._salt = {j: np.uint64(_key("noise:" + m)) for j, m in enumerate(self.metrics)}
+        self._salt = {j: np.uint64(hash_key("noise:" + m)) for j, m in enumerate(self.metrics)}
         self._setup_kinds()
         self._counter_idx = np.array([j for j, m in enumerate(self.metrics) if m in self._counters], np.int64)
 
@@ -196,7 +182,7 @@ class SimulatedSource(IncidentModel, Source):
         role, step_s = self._roles[j], self.interval_s
 
         def sym(salt: np.uint64) -> Any:
-            return 1.0 if hk is None else _sym(_h(hk, salt))
+            return 1.0 if hk is None else _sym(hash_with(hk, salt))
 
         level = self._noise_lvl[d] * step_s
         if role == "counter":
@@ -214,7 +200,7 @@ class SimulatedSource(IncidentModel, Source):
         Y = self._scale[j][d] * J + C
         return Y if hk is None else Y + self._noise(j, d, hk)
 
-    def _integrate(self, rows: np.ndarray, ticks: np.ndarray, inc: _Incs,
+    def _integrate(self, rows: np.ndarray, ticks: np.ndarray, inc: IncidentArrays,
                     hk: np.ndarray | None) -> dict[int, np.ndarray]:
         """Reset-free counter values (devices x ticks) of the integrated metrics; without
         ``hk`` the smooth part only."""
@@ -232,23 +218,23 @@ class SimulatedSource(IncidentModel, Source):
             diff = np.zeros((D, T + 1))
             np.add.at(diff, (r[acts], hi[acts]), self._contrib(j, inc[acts], inc.e[acts]))
             C = np.cumsum(diff, axis=1)[:, :T] + total[rows, col][:, None]
-            which, k = _expand(lo, hi, self._contributes(inc, j) & (inc.kind != LINK_DOWN))
+            which, k = expand_spans(lo, hi, self._contributes(inc, j) & (inc.kind != LINK_DOWN))
             np.add.at(C, (r[which], k), self._contrib(j, inc[which], t_ms[k]))
             V = self._value(j, rows[:, None], J, C, hk)
-            which, k = _expand(lo, hi, inc.drives[:, j] & (inc.kind == LINK_DOWN))
+            which, k = expand_spans(lo, hi, inc.drives[:, j] & (inc.kind == LINK_DOWN))
             if len(k):  # a link that is down freezes its counters at their value at the start
                 d, s = inc.dev[which], inc.s[which]
-                V[r[which], k] = self._value(j, d, self._J(d, s), C[r[which], k],
-                                             None if hk is None else _h(self._dseed[d], s // self._ims))
+                noise = None if hk is None else hash_with(self._dseed[d], s // self._ims)
+                V[r[which], k] = self._value(j, d, self._J(d, s), C[r[which], k], noise)
             out[j] = V
         return out
 
     def _latency(self, d: Any, t_ms: Any, hk: np.ndarray) -> np.ndarray:
         util = (1.0 + self._amp[d] * np.sin(self._cycle(d, t_ms))) / (1.0 + self._amp[d])
-        noise = self._noise_lvl[d] * _gauss(_h(hk, SALT["noise:latency"]))
+        noise = self._noise_lvl[d] * _gauss(hash_with(hk, SALT["noise:latency"]))
         return self._lat0[d] * (1.0 + 1.5 * util) * (1.0 + noise)
 
-    def _levels(self, rows: np.ndarray, ticks: np.ndarray, inc: _Incs,
+    def _levels(self, rows: np.ndarray, ticks: np.ndarray, inc: IncidentArrays,
                 hk: np.ndarray) -> dict[int, np.ndarray]:
         """Gauges: latency (rising with utilisation, with its incidents) and generic ones."""
         t_ms, d = ticks * self._ims, rows[:, None]
@@ -259,17 +245,17 @@ class SimulatedSource(IncidentModel, Source):
         for j, role in enumerate(self._roles):
             if role == "gauge":
                 out[j] = self._level[j][d] * (1.0 + self._amp[d] * np.sin(self._cycle(d, t_ms) + 1.0)) * (
-                    1.0 + self._noise_lvl[d] * _gauss(_h(hk, self._salt[j])))
+                    1.0 + self._noise_lvl[d] * _gauss(hash_with(hk, self._salt[j])))
             elif role == "latency":
                 v = self._latency(d, t_ms, hk)
                 for kind in (SPIKE, STUCK, LINK_DOWN):
-                    which, k = _expand(lo, hi, inc.drives[:, j] & (inc.kind == kind))
+                    which, k = expand_spans(lo, hi, inc.drives[:, j] & (inc.kind == kind))
                     at = (pos[inc.dev[which]], k)
                     if kind == SPIKE:
                         v[at] *= inc.mag[which]
                     elif kind == STUCK:
                         dv, s_tick = inc.dev[which], inc.s[which] // self._ims
-                        v[at] = self._latency(dv, s_tick * self._ims, _h(self._dseed[dv], s_tick))
+                        v[at] = self._latency(dv, s_tick * self._ims, hash_with(self._dseed[dv], s_tick))
                     else:
                         v[at] = np.nan
                 out[j] = v
@@ -281,7 +267,7 @@ class SimulatedSource(IncidentModel, Source):
         ext = np.concatenate([ticks[:1] - 1, ticks])
         t_ms = ext * self._ims
         inc = self._incidents_for(rows, int(t_ms[0]), int(t_ms[-1]))
-        hk = _h(self._dseed[rows][:, None], ext[None, :])
+        hk = hash_with(self._dseed[rows][:, None], ext[None, :])
         V = self._integrate(rows, ext, inc, hk)
         self._apply_resets(rows, ext, V, inc)
         levels = self._levels(rows, ext, inc, hk)
@@ -302,14 +288,14 @@ class SimulatedSource(IncidentModel, Source):
         the same way, and a retry that asks for more (a later until_ms) draws again."""
         if not self._fail_rate:
             return np.zeros(len(rows), bool)
-        h = _h(_h(self._dseed[rows], np.int64(since_ms)), np.int64(until_ms))
-        return _unit(_h(h, SALT["fail"])) < self._fail_rate
+        h = hash_with(hash_with(self._dseed[rows], np.int64(since_ms)), np.int64(until_ms))
+        return unit_float(hash_with(h, SALT["fail"])) < self._fail_rate
 
     def _garbage(self, dev: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(defective?, defect index into GARBAGE, metric index) per sample."""
-        h = _h(_h(self._dseed[dev], k), SALT["garbage"])
-        hit = _unit(h) < self._garbage_rate
-        h2 = _mix(h)
+        h = hash_with(hash_with(self._dseed[dev], k), SALT["garbage"])
+        hit = unit_float(h) < self._garbage_rate
+        h2 = mix_hash(h)
         kind = ((h2 >> np.uint64(40)) % np.uint64(len(GARBAGE))).astype(np.int64)
         pick = (h2 & np.uint64(0xFFFF)).astype(np.int64)
         metric = pick % len(self.metrics)

@@ -21,7 +21,8 @@ import pytest
 from actors.collector import LiveCollectors
 from eyenet.config import EyeNetConfig
 from eyenet.models.registry import ModelRegistry
-from eyenet.sources.simulator import Incident, SimulatedSource
+from eyenet.sources.incidents import Incident
+from eyenet.sources.simulator import SimulatedSource
 from eyenet.store import open_store
 from eyenet.telemetry.schema import DEVICE, TIMESTAMP, to_ms
 from eyenet.telemetry.validation import TelemetryValidator

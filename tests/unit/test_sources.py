@@ -18,8 +18,9 @@ from eyenet.config import EyeNetConfig
 from eyenet.errors import SourceError
 from eyenet.sources.base import FetchResult, Source
 from eyenet.sources.factory import build_source
+from eyenet.sources.incidents import DAY_MS, Incident
 from eyenet.sources.replay import ReplaySource
-from eyenet.sources.simulator import DAY_MS, Incident, SimulatedSource
+from eyenet.sources.simulator import SimulatedSource
 from eyenet.telemetry.schema import to_ms
 from eyenet.telemetry.validation import TelemetryValidator, ValidationResult
 

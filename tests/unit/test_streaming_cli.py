@@ -22,7 +22,8 @@ from eyenet.config import DEFAULT_COUNTER_METRICS, EyeNetConfig
 from eyenet.errors import ConfigError
 from eyenet.monitoring.monitor import Monitor, ScoreSummary
 from eyenet.sources.factory import build_source
-from eyenet.sources.simulator import GARBAGE, Incident, SimulatedSource
+from eyenet.sources.incidents import Incident
+from eyenet.sources.simulator import GARBAGE, SimulatedSource
 from eyenet.store import open_store
 from eyenet.streaming.collector import Collector
 from eyenet.telemetry.schema import to_ms
@@ -263,6 +264,9 @@ def test_report_command_without_ray_reads_the_saved_snapshots(tmp_path, monkeypa
     assert report["latency"]["count"] == 2 and report["latency"]["avg_ms"] == pytest.approx(20.0)
     assert report["since_s"] == pytest.approx(report["until_s"] - 3600)
     assert open_store(uri).list_reports(kind="report") == []  # a report is read, not saved
+    assert main(["report", "--since", "1h", "--json", "--save", "--store", uri]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert [r["report_id"] for r in open_store(uri).list_reports(kind="report")] == [saved["report_id"]]
 
 
 def test_report_until_must_follow_since(tmp_path, monkeypatch, capsys):
