@@ -134,23 +134,24 @@ BENCHES = (
 )
 
 
+def _add_command(sub: Any, name: str, text: str, options_cls: type[Options], job: Any) -> None:
+    p = sub.add_parser(name, help=text, description=text)
+    add_config_arguments(p)
+    options_cls.add_arguments(p)
+    p.set_defaults(options_cls=options_cls, job=job)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eyenet", description="Anomaly detection for network-device telemetry.")
     parser.add_argument("--version", action="version", version=f"eyenet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, text, options_cls, job in COMMANDS:
-        p = sub.add_parser(name, help=text, description=text)
-        add_config_arguments(p)
-        options_cls.add_arguments(p)
-        p.set_defaults(options_cls=options_cls, job=job)
+    for command in COMMANDS:
+        _add_command(sub, *command)
     bench = sub.add_parser("bench", help="benchmarks; prints figures (and ratios)").add_subparsers(
         dest="what", required=True, metavar="WHAT")
-    for name, text, options_cls, job in BENCHES:
-        p = bench.add_parser(name, help=text, description=text)
-        add_config_arguments(p)
-        options_cls.add_arguments(p)
-        p.set_defaults(options_cls=options_cls, job=job)
+    for command in BENCHES:
+        _add_command(bench, *command)
     return parser
 
 
