@@ -164,6 +164,12 @@ def _print_report(report: dict[str, Any], store: Any, step: Any) -> None:
         metrics = sorted({m for e in events for m in e.metrics})
         step(f"    {row['device_id']}: {row['anomalies']} anomalous samples, metrics "
              f"{', '.join(metrics) or '-'}")
+    drift = report.get("drift", {})
+    worst = sorted((drift.get("per_feature") or {}).items(), key=lambda kv: -kv[1])[:3]
+    overall = drift.get("overall")
+    overall_text = "not computed yet" if overall is None else f"overall {overall:.3f}"
+    step(f"    drift against the production model's training data ({overall_text}): "
+         + (", ".join(f"{f} {v:.3f}" for f, v in worst) or "-"))
     latency = report.get("latency", {})
     step(f"    alerts: {json.dumps(report.get('alerts', {}).get('by_kind', {}), sort_keys=True)}; scoring "
          f"latency p50 {latency.get('p50_ms') or 0:.1f} ms, p99 {latency.get('p99_ms') or 0:.1f} ms")
