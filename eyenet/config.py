@@ -261,7 +261,6 @@ class EyeNetConfig(_Section):
         description="per-metric upper bound (for counters: on the per-second rate); "
                     "larger values are absurd. Merged over DEFAULT_METRIC_MAX")
     sample_interval_s: float = Field(1.0, gt=0, description="expected time between samples")
-    window_s: float = Field(300.0, gt=0, description="feature window length")
     max_gap_s: float | None = Field(
         None, gt=0, description="longer silences are gaps; default 3 x sample_interval_s")
     max_lateness_s: float = Field(300.0, ge=0, description="older out-of-order samples are rejected")
@@ -278,6 +277,14 @@ class EyeNetConfig(_Section):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "window_s" in data:  # it sized nothing: windows count samples
+            raise ValueError(f"window_s ({data['window_s']!r}) was removed: a window is "
+                             "detector.window_steps samples of sample_interval_s each")
+        return data
 
     @field_validator("metrics", "counter_metrics")
     @classmethod
@@ -311,9 +318,6 @@ class EyeNetConfig(_Section):
         bad = {m: v for m, v in self.metric_max.items() if not v > 0}
         if bad:
             raise ValueError(f"metric_max values must be > 0, got {bad}")
-        if self.window_s < self.sample_interval_s:
-            raise ValueError(
-                f"window_s ({self.window_s}) must be >= sample_interval_s ({self.sample_interval_s})")
         return self
 
     @model_validator(mode="after")

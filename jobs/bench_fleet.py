@@ -74,8 +74,7 @@ def run_fleet_bench(config: EyeNetConfig, *, devices: int = 1000, train_devices:
         raise ConfigError(f"--incident-devices must be >= 0, got {incident_devices}", "incident_devices",
                           incident_devices)
     started = time.perf_counter()
-    cfg = EyeNetConfig.from_dict({**config.to_dict(), "sample_interval_s": sample_interval_s,
-                                  "window_s": max(config.window_s, sample_interval_s)})
+    cfg = EyeNetConfig.from_dict({**config.to_dict(), "sample_interval_s": sample_interval_s})
     names = [f"dev-{i:04d}" for i in range(devices)]
     trained, unseen = names[:train_devices], names[train_devices:]
     start_ms = 1_700_000_000_000 // 60_000 * 60_000

@@ -17,7 +17,7 @@ def config_for(config: EyeNetConfig, metrics: list[str], frame: pd.DataFrame) ->
     """``config`` with the file's metrics (gauges: CSV values are already rates) and spacing."""
     interval = sample_interval_s(frame)
     data = {**config.to_dict(), "metrics": metrics, "counter_metrics": [], "metric_max": {},
-            "sample_interval_s": interval, "window_s": max(config.window_s, interval)}
+            "sample_interval_s": interval}
     return EyeNetConfig.from_dict(data)
 
 

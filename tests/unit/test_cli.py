@@ -55,16 +55,16 @@ def test_errors_are_one_line_and_non_zero(env, capsys):
 
 
 def test_bad_config_exits_2_naming_the_field(env, monkeypatch, capsys):
-    monkeypatch.setenv("EYENET_WINDOW_S", "-1")
+    monkeypatch.setenv("EYENET_SAMPLE_INTERVAL_S", "-1")
     assert main(["config"]) == 2
-    assert "window_s = '-1', from EYENET_WINDOW_S" in capsys.readouterr().err
+    assert "sample_interval_s = '-1', from EYENET_SAMPLE_INTERVAL_S" in capsys.readouterr().err
 
 
 def test_config_prints_the_effective_values(env, capsys):
     assert main(["config", "--store", "sqlite:///elsewhere.db"]) == 0
     out = capsys.readouterr().out
     assert "store_uri: sqlite:///elsewhere.db" in out
-    assert "window_s: 300.0" in out
+    assert "sample_interval_s: 1.0" in out
 
 
 def test_store_bench_measures_and_reports(capsys, tmp_path):

@@ -11,7 +11,6 @@ from eyenet.errors import ConfigError
 def test_defaults_follow_the_seed():
     c = load_config(env={})
     assert c.metrics == DEFAULT_METRICS
-    assert c.window_s == 300
     assert c.alerts.latency_avg_ms == 100
     assert c.alerts.drift_threshold == 0.3
     assert c.store_uri.startswith("sqlite:///")
@@ -20,12 +19,12 @@ def test_defaults_follow_the_seed():
 
 def test_yaml_then_env_precedence(tmp_path):
     path = tmp_path / "eyenet.yaml"
-    path.write_text("window_s: 120\nmetrics: [cpu, latency]\ncounter_metrics: []\n"
+    path.write_text("sample_interval_s: 120\nmetrics: [cpu, latency]\ncounter_metrics: []\n"
                     "alerts:\n  latency_avg_ms: 150\n")
-    c = load_config(path, env={"EYENET_WINDOW_S": "60", "EYENET_SERVE__MAX_REPLICAS": "4"})
-    assert (c.window_s, c.metrics, c.alerts.latency_avg_ms, c.serve.max_replicas) == \
+    c = load_config(path, env={"EYENET_SAMPLE_INTERVAL_S": "60", "EYENET_SERVE__MAX_REPLICAS": "4"})
+    assert (c.sample_interval_s, c.metrics, c.alerts.latency_avg_ms, c.serve.max_replicas) == \
         (60, ["cpu", "latency"], 150, 4)
-    assert load_config(env={"EYENET_CONFIG": str(path)}).window_s == 120
+    assert load_config(env={"EYENET_CONFIG": str(path)}).sample_interval_s == 120
 
 
 def test_env_lists_take_commas_or_json():
@@ -39,8 +38,9 @@ def test_one_metric_works_as_for_nab():
 
 
 @pytest.mark.parametrize("env, field, needles", [
-    ({"EYENET_WINDOW_S": "-5"}, "window_s", ["window_s = '-5'", "EYENET_WINDOW_S", "greater than 0"]),
-    ({"EYENET_WINDOW_S": "soon"}, "window_s", ["'soon'", "a valid number"]),
+    ({"EYENET_SAMPLE_INTERVAL_S": "-5"}, "sample_interval_s",
+     ["sample_interval_s = '-5'", "EYENET_SAMPLE_INTERVAL_S", "greater than 0"]),
+    ({"EYENET_SAMPLE_INTERVAL_S": "soon"}, "sample_interval_s", ["'soon'", "a valid number"]),
     ({"EYENET_COUNTER_BITS": "16"}, "counter_bits", ["'16'", "32 or 64"]),
     ({"EYENET_STORE_URI": "postgres://x"}, "store_uri", ["postgres://x", "sqlite:///"]),
     ({"EYENET_METRICS": "a b"}, "metrics", ["'a b'", "must match"]),
@@ -50,7 +50,8 @@ def test_one_metric_works_as_for_nab():
     ({"EYENET_SERVE__MIN_REPLICAS": "3"}, "serve", ["max_replicas (2)", "min_replicas (3)"]),
     ({"EYENET_METRIC_MAX": '{"latency": -1}'}, None, ["metric_max", "> 0"]),
     ({"EYENET_METRIC_MAX": "{oops"}, "EYENET_METRIC_MAX", ["not valid JSON"]),
-    ({"EYENET_WINDW_S": "5"}, "EYENET_WINDW_S", ["not a config setting", "EYENET_WINDOW_S"]),
+    ({"EYENET_SAMPLE_INTERVL_S": "5"}, "EYENET_SAMPLE_INTERVL_S",
+     ["not a config setting", "EYENET_SAMPLE_INTERVAL_S"]),
     ({"EYENET_ALERTS__NOPE": "5"}, "EYENET_ALERTS__NOPE", ["EYENET_ALERTS__LATENCY_AVG_MS"]),
 ])
 def test_bad_values_name_field_value_and_expectation(env, field, needles):
@@ -61,9 +62,16 @@ def test_bad_values_name_field_value_and_expectation(env, field, needles):
         assert needle in str(info.value)
 
 
+def test_a_removed_setting_says_what_replaced_it(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("window_s: 300\n")
+    with pytest.raises(ConfigError, match=r"window_s \(300\) was removed: a window is detector.window_steps"):
+        load_config(path, env={})
+
+
 def test_yaml_problems_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("window_s: [unclosed\n")
+    bad.write_text("sample_interval_s: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML"):
         load_config(bad, env={})
     bad.write_text("- a\n- b\n")
@@ -82,7 +90,7 @@ def test_reserved_env_vars_are_not_settings():
 
 
 def test_round_trip_and_pickle():
-    c = load_config(env={"EYENET_WINDOW_S": "42"})
+    c = load_config(env={"EYENET_SAMPLE_INTERVAL_S": "42"})
     assert EyeNetConfig.from_dict(c.to_dict()) == c
     assert pickle.loads(pickle.dumps(c)) == c
 
