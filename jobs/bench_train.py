@@ -46,8 +46,7 @@ def run_train_bench(*, rows: int = 20_000, metrics: int = 38, epochs: int = 3, w
     frame = synthetic_history(rows, metrics)
     names = [c for c in frame.columns if c.startswith("m")]
     config = EyeNetConfig.from_dict({"metrics": names, "counter_metrics": [], "sample_interval_s": 60,
-                                     "window_s": 1800, "detector": {"batch_size": batch_size,
-                                                                    "patience_epochs": epochs + 1}})
+                                     "detector": {"batch_size": batch_size, "patience_epochs": epochs + 1}})
     detector = Detector(config.detector, names, config.gap_s)
     data = detector.prepare(frame)
     cfg = detector.config
@@ -71,6 +70,11 @@ def run_train_bench(*, rows: int = 20_000, metrics: int = 38, epochs: int = 3, w
 
 
 def main(config: EyeNetConfig, options: TrainBenchOptions) -> int:
+    if options.from_store:
+        from jobs.bench_train_store import run_store_prep_bench
+
+        print_result(run_store_prep_bench(options.store_samples, options.samples_per_device), options.json)
+        return 0
     print_result(run_train_bench(rows=options.rows, metrics=options.metrics, epochs=options.epochs,
                                  workers=options.workers, gpus=options.gpus, batch_size=options.batch_size),
                  options.json)

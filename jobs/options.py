@@ -235,12 +235,19 @@ class TrainBenchOptions(Options):
     workers: int = opt(1, "Ray Train workers")
     gpus: float = opt(0.0, "GPUs in total across workers")
     batch_size: int = opt(32, "windows per training batch")
+    from_store: bool = opt(False, "instead: the driver's peak RSS preparing train --from-store "
+                                  "(device by device, beside the whole-frame path) at --store-samples")
+    store_samples: list[int] = opt([1_000_000, 5_000_000], "(--from-store) store sizes in samples",
+                                   nargs="+", type=int)
+    samples_per_device: int = opt(10_000, "(--from-store) history per device; sizes differ in devices")
     json: bool = opt(False, "print one JSON object")
 
     def __post_init__(self) -> None:
-        for flag in ("rows", "metrics", "epochs", "workers", "batch_size"):
+        for flag in ("rows", "metrics", "epochs", "workers", "batch_size", "samples_per_device"):
             _at_least(_flag(flag), getattr(self, flag), 1)
         _at_least("--gpus", self.gpus, 0)
+        for n in self.store_samples:
+            _at_least("--store-samples", n, self.samples_per_device)
 
 
 @dataclass(kw_only=True)

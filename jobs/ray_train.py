@@ -29,7 +29,8 @@ import torch
 
 from eyenet.config import DetectorConfig
 from eyenet.detection.detector import Detector, TrainingData
-from eyenet.detection.features import window_targets, windows_at
+from eyenet.detection.features import split_segments, window_targets, windows_at
+from eyenet.detection.fit_by_device import DeviceSplit, flag_spans
 from eyenet.detection.networks import loss_fn
 from eyenet.detection.training import (
     EarlyStopping,
@@ -51,6 +52,7 @@ EVAL_BATCH = 1024
 # scheduling slot on a small machine (2 workers on 2 cores, or a Tune trial's driver).
 DATA_TASK_CPUS = 0.25
 DATA_RESERVE_CPUS = 0.5
+NO_FLOOR_MS = -(2**62)
 
 
 def chunk_arrays(data: TrainingData, targets: np.ndarray, window: int,
@@ -107,30 +109,62 @@ def store_chunk_dataset(store_uri: str, detector: Detector, devices: list[str], 
     ``detector`` must be prepared (its scaler fitted); each span is read with enough lead
     for its first window. Windows touching flagged samples are left out, as in training.
     """
+    specs = [{"device_id": d, "start_ms": s, "end_ms": min(s + span_ms, end_ms), "floor_ms": NO_FLOOR_MS}
+             for d in devices for s in range(start_ms, end_ms, span_ms)]
+    return _store_dataset(store_uri, detector, specs, None)
+
+
+def store_split_datasets(store_uri: str, detector: Detector, splits: list[DeviceSplit], span_ms: int,
+                         incidents: dict[str, list[tuple[int, int]]]) -> dict[str, Any]:
+    """``train`` and ``val`` datasets read from the store inside Ray Data tasks: each
+    device's history before its held-out tail, and the tail (``splits``, from
+    :class:`eyenet.detection.fit_by_device.DeviceFit`), cut into ``span_ms`` spans, one per
+    task. ``incidents`` (device -> (start_ms, end_ms)) are flagged as the driver flagged
+    them. No window mixes training and held-out rows, as in :meth:`Detector.prepare`."""
+    if span_ms <= 0:
+        raise EyeNetError(f"span_ms must be > 0, got {span_ms}")
+
+    def specs(first: str, last: str) -> list[dict[str, Any]]:
+        return [{"device_id": s.device_id, "start_ms": a, "end_ms": min(a + span_ms, getattr(s, last)),
+                 "floor_ms": getattr(s, first)}
+                for s in splits for a in range(getattr(s, first), getattr(s, last), span_ms)]
+
+    return {"train": _store_dataset(store_uri, detector, specs("first_ms", "cut_ms"), incidents),
+            "val": _store_dataset(store_uri, detector, specs("cut_ms", "end_ms"), incidents)}
+
+
+def _store_dataset(store_uri: str, detector: Detector, specs: list[dict[str, Any]],
+                   incidents: dict[str, list[tuple[int, int]]] | None) -> Any:
     import ray.data
 
-    lead_ms = int(detector.config.window_steps * detector.gap_s * 1000)
-    specs = [{"device_id": d, "start_ms": s, "end_ms": min(s + span_ms, end_ms)}
-             for d in devices for s in range(start_ms, end_ms, span_ms)]
-    window, n_feat = detector.config.window_steps, len(detector.feature_names)
+    cfg = detector.config
+    window, n_feat, forecast = cfg.window_steps, len(detector.feature_names), cfg.objective == "forecast"
+    # the lead gives a span's first window its rows and its rolling features their history;
+    # rows before a spec's floor give features only, never window rows
+    lead_ms = int((window * detector.gap_s + (cfg.rolling_s or 0.0)) * 1000)
 
     def load(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from eyenet.store import open_store
 
         store = open_store(store_uri)
-        xs, ys = [np.zeros((0, window, n_feat), np.float32)], [np.zeros((0, n_feat), np.float32)]
-        for device_id, start, end in zip(batch["device_id"], batch["start_ms"], batch["end_ms"],
-                                         strict=True):
+        xs = [np.zeros((0, window, n_feat), np.float32)]
+        ys = [np.zeros((0, n_feat if forecast else 1), np.float32)]
+        for device_id, start, end, floor in zip(batch["device_id"], batch["start_ms"], batch["end_ms"],
+                                                batch["floor_ms"], strict=True):
             frame = store.read_range((int(start) - lead_ms) / 1000.0, int(end) / 1000.0,
                                      device_ids=[str(device_id)])
+            if incidents is not None:
+                frame = flag_spans(frame, incidents.get(str(device_id), []))
             if len(frame) <= window:
                 continue
             feats = detector.features(frame)
             scaled = detector.scaled(feats).scaled
-            targets = window_targets(feats.segments, window, feats.flagged)
-            targets = targets[feats.timestamps_ms[targets] >= start]
+            ts = feats.timestamps_ms
+            segments = split_segments(feats.segments, np.r_[False, (ts[1:] >= floor) & (ts[:-1] < floor)])
+            targets = window_targets(segments, window, feats.flagged if forecast else None)
+            targets = targets[(ts[targets] >= start) & (ts[targets] < end)]
             xs.append(windows_at(scaled, targets, window))
-            ys.append(scaled[targets])
+            ys.append(scaled[targets] if forecast else feats.flagged[targets].astype(np.float32)[:, None])
         return {"x": np.concatenate(xs), "y": np.concatenate(ys)}
 
     return ray.data.from_items(specs).map_batches(load, batch_size=1, num_cpus=DATA_TASK_CPUS)
@@ -227,31 +261,47 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
 
 
-def train_on_ray(detector: Detector, data: TrainingData, *, workers: int = 1, gpus: float = 0,
-                 storage_path: str | None = None, max_failures: int = 2, max_epochs: int | None = None,
-                 callbacks: list[Any] | None = None, run_name: str | None = None,
-                 fault_injection: dict[str, Any] | None = None,
-                 cpus_per_worker: float | None = None) -> FitResult:
-    """Fit ``detector``'s network on prepared ``data`` with a TorchTrainer; returns the best weights."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
+def train_on_ray(detector: Detector, data: TrainingData, **kwargs: Any) -> FitResult:
+    """Fit ``detector``'s network on prepared ``data`` with a TorchTrainer; returns the best
+    weights. ``kwargs``: those of :func:`train_datasets_on_ray`."""
     cfg = detector.config
-    if workers < 1:
-        raise EyeNetError(f"workers must be >= 1, got {workers}")
-    if gpus < 0:
-        raise EyeNetError(f"gpus must be >= 0, got {gpus}")
+    _check_resources(kwargs.get("workers", 1), kwargs.get("gpus", 0))
     datasets = {"train": chunk_dataset(chunk_arrays(data, data.train_targets, cfg.window_steps),
                                        cfg.window_steps, cfg.objective),
                 "val": chunk_dataset(chunk_arrays(data, data.val_targets, cfg.window_steps),
                                      cfg.window_steps, cfg.objective)}
+    return train_datasets_on_ray(detector, datasets, data.scaled.shape[1], **kwargs)
+
+
+def _check_resources(workers: int, gpus: float) -> None:
+    if workers < 1:
+        raise EyeNetError(f"workers must be >= 1, got {workers}")
+    if gpus < 0:
+        raise EyeNetError(f"gpus must be >= 0, got {gpus}")
+
+
+def train_datasets_on_ray(detector: Detector, datasets: dict[str, Any], n_features: int, *,
+                          workers: int = 1, gpus: float = 0, storage_path: str | None = None,
+                          max_failures: int = 2, max_epochs: int | None = None,
+                          callbacks: list[Any] | None = None, run_name: str | None = None,
+                          fault_injection: dict[str, Any] | None = None,
+                          cpus_per_worker: float | None = None) -> FitResult:
+    """Fit ``detector``'s network on Ray Data ``datasets`` (``train`` and ``val``, rows of
+    window ``x`` and target ``y``: :func:`chunk_dataset` or :func:`store_split_datasets`)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = detector.config
+    _check_resources(workers, gpus)
+    if set(datasets) != {"train", "val"}:
+        raise EyeNetError(f"training needs datasets 'train' and 'val', got {sorted(datasets)}")
     if cpus_per_worker is None:
         cpus_per_worker = worker_cpus(workers)
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus / workers} if gpus else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"detector": cfg.model_dump(mode="json"),
-                           "n_features": data.scaled.shape[1], "max_epochs": max_epochs,
+                           "n_features": n_features, "max_epochs": max_epochs,
                            "fault_injection": fault_injection, "gpus": gpus},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus),
                                      resources_per_worker=resources),

@@ -5,6 +5,14 @@ A CSV goes through the same telemetry validation as ingest (:func:`read_metric_c
 the model trains on exactly what serving will see. Samples near anomaly events already in
 the store are labelled and left out of training, so found incidents are not learned as
 normal.
+
+From the store, the LSTM (``detector.kind: lstm``, not ``--tune``) trains without the
+driver ever holding the fleet's history (:mod:`jobs.train_store`: fitted device by device,
+windows built inside Ray Data tasks, calibrated on a bounded tail per device). Kinds without
+a network (pca, kmeans, isolation_forest), the ensemble (its in-process members fit on the
+whole window set) and ``--tune`` (each trial prepares its own window size) read the history
+into one frame and fit as a CSV does: they fit in this process, so the frame must fit in
+its memory.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
+from eyenet.detection.detector import Detector
 from eyenet.errors import TelemetryError
 from eyenet.models.registry import ModelRegistry, ModelVersion
 from eyenet.store import open_store
@@ -25,6 +34,7 @@ from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, ms_of, to_ms
 from eyenet.telemetry.validation import ValidationResult, validate_history
 from jobs.fitting import config_for, fit_detector
 from jobs.options import TrainOptions, job_main
+from jobs.train_store import fit_from_store
 
 
 def run_train(config: EyeNetConfig, options: TrainOptions) -> ModelVersion:
@@ -35,6 +45,11 @@ def run_train(config: EyeNetConfig, options: TrainOptions) -> ModelVersion:
         checked = validate_history(frame, config, source)
         frame = checked.accepted
         report_validation(source, checked)
+    elif config.detector.kind == "lstm" and not options.tune:
+        source = f"store {config.store_uri}"
+        detector = fit_from_store(store, config, devices=options.device, since=options.since,
+                                  until=options.until, **options.train_kw)
+        return register(store, config, options, detector, {}, source)
     else:
         frame = store.read_range(options.since, options.until, device_ids=options.device)
         source = f"store {config.store_uri} ({len(frame)} samples)"
@@ -45,6 +60,12 @@ def run_train(config: EyeNetConfig, options: TrainOptions) -> ModelVersion:
                                tolerance_s=config.sample_interval_s / 2)  # the event's own sample
     detector, extra = fit_detector(frame, config, source=source, tune=options.tune, trials=options.trials,
                                    time_budget_s=options.time_budget_s, **options.train_kw)
+    return register(store, config, options, detector, extra, source)
+
+
+def register(store: Any, config: EyeNetConfig, options: TrainOptions, detector: Detector,
+             extra: dict[str, Any], source: str) -> ModelVersion:
+    """Save the fitted detector as a staging version, its training figures as metrics."""
     with tempfile.TemporaryDirectory() as tmp:
         detector.save(tmp)
         metrics = {"kind": detector.model.kind,
