@@ -10,6 +10,7 @@ line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,89 +49,41 @@ def _config(config: EyeNetConfig, options: ConfigOptions) -> int:
     return 0
 
 
-def _models(config: EyeNetConfig, options: Any) -> int:
-    from jobs.models import main
-    return main(config, options)
+def _job(module: str) -> Any:
+    """The ``main`` of job module ``module``, imported when its command runs (not for --help)."""
+    def run(config: EyeNetConfig, options: Options) -> int:
+        return int(importlib.import_module(module).main(config, options))
+    run.module = module  # type: ignore[attr-defined]
+    return run
 
 
-def _detect(config: EyeNetConfig, options: Any) -> int:
-    from jobs.detect import main
-    return main(config, options)
-
-
-def _train(config: EyeNetConfig, options: Any) -> int:
-    from jobs.train import main
-    return main(config, options)
-
-
-def _evaluate(config: EyeNetConfig, options: Any) -> int:
-    from jobs.evaluate import main
-    return main(config, options)
-
-
-def _ingest(config: EyeNetConfig, options: Any) -> int:
-    from jobs.ingest import main
-    return main(config, options)
-
-
-def _serve(config: EyeNetConfig, options: Any) -> int:
-    from jobs.serve import main
-    return main(config, options)
-
-
-def _demo(config: EyeNetConfig, options: Any) -> int:
-    from jobs.demo import main
-    return main(config, options)
-
-
-def _report(config: EyeNetConfig, options: Any) -> int:
-    from jobs.report import main
-    return main(config, options)
-
-
-def _bench_store(config: EyeNetConfig, options: Any) -> int:
-    from jobs.bench_store import main
-    return main(config, options)
-
-
-def _bench_train(config: EyeNetConfig, options: Any) -> int:
-    from jobs.bench_train import main
-    return main(config, options)
-
-
-def _bench_pipeline(config: EyeNetConfig, options: Any) -> int:
-    from jobs.bench_pipeline import main
-    return main(config, options)
-
-
-def _bench_serve(config: EyeNetConfig, options: Any) -> int:
-    from jobs.bench_serve import main
-    return main(config, options)
-
-
-def _bench_fleet(config: EyeNetConfig, options: Any) -> int:
-    from jobs.bench_fleet import main
-    return main(config, options)
-
-
+# (command, help, options, job): the job runs as ``main(config, options)``
 COMMANDS = (
     ("config", "print the effective, validated config", ConfigOptions, _config),
-    ("models", "list, show, promote or roll back models", ModelsOptions, _models),
-    ("detect", "offline: train on one CSV, score another, write OUT.csv", DetectOptions, _detect),
-    ("train", "train (optionally tune) on Ray and register the model as staging", TrainOptions, _train),
-    ("evaluate", "score the detector and baselines on labelled datasets", EvaluateOptions, _evaluate),
-    ("ingest", "run the live pipeline: collectors, scoring, monitor", IngestOptions, _ingest),
-    ("serve", "deploy the HTTP API on Ray Serve", ServeOptions, _serve),
+    ("models", "list, show, promote or roll back models", ModelsOptions, _job("jobs.models")),
+    ("detect", "offline: train on one CSV, score another, write OUT.csv",
+     DetectOptions, _job("jobs.detect")),
+    ("train", "train (optionally tune) on Ray and register the model as staging",
+     TrainOptions, _job("jobs.train")),
+    ("evaluate", "score the detector and baselines on labelled datasets",
+     EvaluateOptions, _job("jobs.evaluate")),
+    ("ingest", "run the live pipeline: collectors, scoring, monitor", IngestOptions, _job("jobs.ingest")),
+    ("serve", "deploy the HTTP API on Ray Serve", ServeOptions, _job("jobs.serve")),
     ("demo", "end to end on a local Ray: ingest, train, promote, serve, live incidents, report",
-     DemoOptions, _demo),
-    ("report", "latency, drift, alerts and anomalies per device over a time range", ReportOptions, _report),
+     DemoOptions, _job("jobs.demo")),
+    ("report", "latency, drift, alerts and anomalies per device over a time range",
+     ReportOptions, _job("jobs.report")),
 )
 BENCHES = (
-    ("store", "batched writes and last-window reads of a store", StoreBenchOptions, _bench_store),
-    ("train", "Ray Train against a bare torch loop", TrainBenchOptions, _bench_train),
-    ("pipeline", "the live pipeline: sample-to-score latency, memory", PipelineBenchOptions, _bench_pipeline),
-    ("serve", "HTTP requests/s against a no-op deployment", ServeBenchOptions, _bench_serve),
-    ("fleet", "false positives and recall on devices the model never saw", FleetBenchOptions, _bench_fleet),
+    ("store", "batched writes and last-window reads of a store",
+     StoreBenchOptions, _job("jobs.bench_store")),
+    ("train", "Ray Train against a bare torch loop (--from-store: driver memory of store training)",
+     TrainBenchOptions, _job("jobs.bench_train")),
+    ("pipeline", "the live pipeline: sample-to-score latency, memory",
+     PipelineBenchOptions, _job("jobs.bench_pipeline")),
+    ("serve", "HTTP requests/s against a no-op deployment", ServeBenchOptions, _job("jobs.bench_serve")),
+    ("fleet", "false positives and recall on devices the model never saw",
+     FleetBenchOptions, _job("jobs.bench_fleet")),
 )
 
 

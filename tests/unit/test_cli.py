@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +33,20 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for command in ("config", "models", "bench"):
         assert command in out
+
+
+def test_every_command_runs_a_job_module_with_a_main_and_its_own_parser():
+    import importlib
+
+    from jobs.cli import BENCHES, COMMANDS
+
+    for name, _, options_cls, job in (*COMMANDS, *BENCHES):
+        if name == "config":
+            continue
+        module = importlib.import_module(job.module)
+        assert callable(module.main), job.module
+        assert f"job_main({options_cls.__name__}, main" in Path(module.__file__).read_text(), \
+            f"python -m {job.module} must parse the same {options_cls.__name__}"
 
 
 def test_models_list_promote_rollback(env, capsys):
