@@ -166,3 +166,29 @@ def test_devices_out_of_order_are_refused():
     fit.add("dev-b", frame[frame["device_id"] == "dev-b"])
     with pytest.raises(Exception, match="increasing id order"):
         fit.add("dev-a", frame[frame["device_id"] == "dev-a"])
+
+
+def test_the_train_job_from_the_store_reads_device_by_device_until_ray_starts(tmp_path, monkeypatch):
+    """``eyenet train --from-store`` itself: before Ray starts, no read names the whole fleet
+    (it used to read the fleet's history as one frame)."""
+    import jobs._ray
+    import jobs.train
+    from jobs.options import TrainOptions
+
+    class RayStarts(Exception):
+        pass
+
+    def no_ray(*args: Any, **kwargs: Any) -> None:
+        raise RayStarts
+
+    uri = f"sqlite:///{tmp_path}/s.db"
+    store = open_store(uri)
+    store.write_samples(history().drop(columns="label"))
+    recording = RecordingStore(store)
+    monkeypatch.setattr(jobs.train, "open_store", lambda _uri: recording)
+    monkeypatch.setattr(jobs._ray, "ensure_ray", no_ray)
+    cfg = EyeNetConfig.from_dict({**config().to_dict(), "store_uri": uri,
+                                  "artifact_root": str(tmp_path / "artifacts")})
+    with pytest.raises(RayStarts):
+        jobs.train.run_train(cfg, TrainOptions(from_store=True))
+    assert recording.reads and all(r is not None and len(r) == 1 for r in recording.reads), recording.reads
