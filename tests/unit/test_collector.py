@@ -216,23 +216,6 @@ def test_a_fresh_collector_on_a_replay_starts_at_its_first_sample(cfg, store, tm
     assert store.count_samples("r1") == 50, "the first row is not skipped"
 
 
-def test_the_collector_remembers_a_sample_at_the_millisecond_the_store_holds(cfg, store, tmp_path):
-    """A timestamp a hair below a millisecond: the store rounds it (to_ms); the collector's
-    last-sample time used to floor it, so the two disagreed by one ms."""
-    from eyenet.sources.replay import ReplaySource
-    from eyenet.telemetry.schema import to_ms
-
-    path = tmp_path / "feed.csv"
-    stamps = pd.date_range("2024-01-01", periods=5, freq="1s", tz="UTC") + pd.Timedelta(microseconds=999.9)
-    pd.DataFrame({"device_id": "r1", "timestamp": stamps.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                  "bytes_in": np.arange(5.0) * 100, "latency": 5.0}).to_csv(path, index=False)
-    collector = Collector(cfg, ReplaySource(cfg, [str(path)], speed=float("inf")), store, ["r1"], "replay")
-    while not collector.poll().caught_up:
-        pass
-    held_ms = int(to_ms(store.read_range(device_ids=["r1"])["timestamp"]).max())
-    assert collector.last_sample_ms["r1"] == held_ms
-
-
 def test_a_vanished_device_is_reported_silent_and_the_others_go_on(cfg, store):
     from eyenet.sources.simulator import SimulatedSource
 
