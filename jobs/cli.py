@@ -21,6 +21,7 @@ from eyenet import __version__
 from eyenet.config import EyeNetConfig
 from jobs.options import (
     DemoOptions,
+    DeployOptions,
     DetectOptions,
     EvaluateOptions,
     FleetBenchOptions,
@@ -28,6 +29,7 @@ from jobs.options import (
     ModelsOptions,
     Options,
     PipelineBenchOptions,
+    PredictOptions,
     ReportOptions,
     ServeBenchOptions,
     ServeOptions,
@@ -69,6 +71,9 @@ COMMANDS = (
      EvaluateOptions, _job("jobs.evaluate")),
     ("ingest", "run the live pipeline: collectors, scoring, monitor", IngestOptions, _job("jobs.ingest")),
     ("serve", "deploy the HTTP API on Ray Serve", ServeOptions, _job("jobs.serve")),
+    ("deploy", "deploy the HTTP API onto the cluster and leave it running (what jobs.deploy does)",
+     DeployOptions, _job("jobs.deploy")),
+    ("predict", "ask the running API about devices' live windows", PredictOptions, _job("jobs.predict")),
     ("demo", "end to end on a local Ray: ingest, train, promote, serve, live incidents, report",
      DemoOptions, _job("jobs.demo")),
     ("report", "latency, drift, alerts and anomalies per device over a time range",

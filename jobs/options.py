@@ -191,6 +191,26 @@ class ServeOptions(Options):
 
 
 @dataclass(kw_only=True)
+class DeployOptions(Options):
+    host: str | None = opt(None, "bind address of Serve's HTTP proxy (default: the config's serve.host)")
+    port: int | None = opt(None, "port (default: the config's serve.port)", type=int)
+
+
+@dataclass(kw_only=True)
+class PredictOptions(Options):
+    devices: list[str] = opt([], "devices to ask about", positional=True, nargs="+", metavar="DEVICE")
+    url: str | None = opt(None, "the running API (default: http://serve.host:serve.port of the config); "
+                                "the key, if the API needs one, comes from $EYENET_API_KEY")
+    timeout_s: float = opt(30.0, "how long to wait for each answer")
+    json: bool = opt(False, "print the answers as one JSON list")
+
+    def __post_init__(self) -> None:
+        _positive("--timeout-s", self.timeout_s)
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"--url must start with http:// or https://, got {self.url!r}", "url", self.url)
+
+
+@dataclass(kw_only=True)
 class DemoOptions(Options):
     dir: str = opt("eyenet-demo", "where the demo's store and models go (recreated)")
     devices: int = opt(10, "simulated devices (at least 9)")

@@ -43,13 +43,18 @@ def run_serve(config: EyeNetConfig, detach: bool = False) -> dict[str, Any]:
     return {"url": url, "detached": False}
 
 
+def with_http(config: EyeNetConfig, host: str | None, port: int | None) -> EyeNetConfig:
+    """``config`` with ``--host``/``--port`` over ``serve.host``/``serve.port``."""
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if not overrides:
+        return config
+    serve_section = {**config.serve.model_dump(), **overrides}
+    return EyeNetConfig.from_dict({**config.to_dict(), "serve": serve_section},
+                                  {f"serve.{k}": f"--{k}" for k in overrides})
+
+
 def main(config: EyeNetConfig, options: ServeOptions) -> int:
-    overrides = {k: v for k, v in (("host", options.host), ("port", options.port)) if v is not None}
-    if overrides:
-        serve_section = {**config.serve.model_dump(), **overrides}
-        config = EyeNetConfig.from_dict({**config.to_dict(), "serve": serve_section},
-                                        {f"serve.{k}": f"--{k}" for k in overrides})
-    run_serve(config, detach=options.detach)
+    run_serve(with_http(config, options.host, options.port), detach=options.detach)
     return 0
 
 
