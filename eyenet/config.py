@@ -109,7 +109,22 @@ class ServeConfig(_Section):
 
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(8.0, gt=0)
+    target_ongoing_requests: float = Field(
+        8.0, gt=0, description="requests queued or in flight per detector replica that Serve's "
+                               "autoscaler steers towards (a batch in the making counts)")
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="how long the load must call for more detector replicas before "
+                                "Serve adds them (Serve's default)")
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="how long the load must call for fewer detector replicas before "
+                                 "Serve removes them (Serve's default)")
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="window over which Serve averages the ongoing requests it scales "
+                                "on (Serve's default); handles report every 10 s, so a shorter "
+                                "window reacts faster but Serve warns about it")
+    replica_cpus: float = Field(
+        0.5, ge=0, description="CPUs each detector replica reserves from Ray (0 schedules it "
+                               "anywhere: a small test cluster, or scoring on a GPU)")
     max_batch_size: int = Field(64, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     host: str = "127.0.0.1"

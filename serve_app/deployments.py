@@ -294,8 +294,11 @@ def build_app(config: EyeNetConfig) -> Any:
     detector = serve.deployment(
         DetectorReplica, name="Detector", max_ongoing_requests=4 * opts.max_batch_size,
         autoscaling_config={"min_replicas": max(1, opts.min_replicas), "max_replicas": opts.max_replicas,
-                            "target_ongoing_requests": opts.target_ongoing_requests},
-        ray_actor_options={"num_cpus": 0.5}, health_check_period_s=10)
+                            "target_ongoing_requests": opts.target_ongoing_requests,
+                            "upscale_delay_s": opts.upscale_delay_s,
+                            "downscale_delay_s": opts.downscale_delay_s,
+                            "look_back_period_s": opts.look_back_period_s},
+        ray_actor_options={"num_cpus": opts.replica_cpus}, health_check_period_s=10)
     ingress = serve.deployment(Ingress, name="Ingress",
                                max_ongoing_requests=opts.ingress_max_ongoing_requests,
                                ray_actor_options={"num_cpus": 0.1})

@@ -37,6 +37,15 @@ def test_one_metric_works_as_for_nab():
     assert c.metrics == ["value"] and c.counter_metrics == []
 
 
+def test_serve_autoscaling_delays_default_to_serves_own():
+    """Unset, the delays and look-back are what Serve would use without them."""
+    from ray.serve.config import AutoscalingConfig
+
+    ours, serves = EyeNetConfig().serve, AutoscalingConfig()
+    names = ("upscale_delay_s", "downscale_delay_s", "look_back_period_s")
+    assert {n: getattr(ours, n) for n in names} == {n: getattr(serves, n) for n in names}
+
+
 @pytest.mark.parametrize("env, field, needles", [
     ({"EYENET_SAMPLE_INTERVAL_S": "-5"}, "sample_interval_s",
      ["sample_interval_s = '-5'", "EYENET_SAMPLE_INTERVAL_S", "greater than 0"]),
@@ -48,6 +57,10 @@ def test_one_metric_works_as_for_nab():
     ({"EYENET_METRICS": "label", "EYENET_COUNTER_METRICS": ""}, "metrics", ["reserved"]),
     ({"EYENET_METRICS": "a"}, None, ["counter_metrics", "not in metrics"]),
     ({"EYENET_SERVE__MIN_REPLICAS": "3"}, "serve", ["max_replicas (2)", "min_replicas (3)"]),
+    ({"EYENET_SERVE__DOWNSCALE_DELAY_S": "-1"}, "serve.downscale_delay_s",
+     ["'-1'", "greater than or equal to 0"]),
+    ({"EYENET_SERVE__LOOK_BACK_PERIOD_S": "0"}, "serve.look_back_period_s", ["'0'", "greater than 0"]),
+    ({"EYENET_SERVE__REPLICA_CPUS": "-0.5"}, "serve.replica_cpus", ["'-0.5'", "greater than or equal to 0"]),
     ({"EYENET_METRIC_MAX": '{"latency": -1}'}, None, ["metric_max", "> 0"]),
     ({"EYENET_METRIC_MAX": "{oops"}, "EYENET_METRIC_MAX", ["not valid JSON"]),
     ({"EYENET_SAMPLE_INTERVL_S": "5"}, "EYENET_SAMPLE_INTERVL_S",
