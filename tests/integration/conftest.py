@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -17,14 +18,14 @@ from tests.synthetic import DEVICES, SEED, make_config
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
+def ray_cluster() -> Iterator[Any]:
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
     # The dashboard stays on: Ray Train's placement-group cleaner asks the state API whether
     # a run's controller is gone, and without it a finished Tune trial keeps its CPUs.
-    ray.init(num_cpus=2, logging_level="WARNING")
-    yield
+    context = ray.init(num_cpus=2, logging_level="WARNING")
+    yield context  # its dashboard_url is where `ray job submit` talks to this cluster
     ray.shutdown()
 
 

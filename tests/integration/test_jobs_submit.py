@@ -1,0 +1,98 @@
+"""The users' first way of working, for real: jobs submitted with ``ray job submit
+--working-dir .`` to the suite's cluster (through its dashboard address, as a user talks
+to a cluster), then the API they deployed asked with ``eyenet predict``."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from eyenet.models.registry import ModelRegistry
+from eyenet.store import open_store
+from jobs.cli import main
+from tests.helpers import wait_for
+from tests.synthetic import METRICS, telemetry
+
+REPO = Path(__file__).resolve().parents[2]
+RAY_CLI = Path(sys.executable).with_name("ray")
+
+
+def submit(address: str, *entrypoint: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``ray job submit`` as a user types it; returns the finished submitter and the job id."""
+    job_id = f"eyenet-test-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run([str(RAY_CLI), "job", "submit", "--address", address, "--submission-id", job_id,
+                           "--working-dir", str(REPO), "--", sys.executable, "-m", *entrypoint],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    return done, job_id
+
+
+def job_status(address: str, job_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    return str(JobSubmissionClient(address).get_job_status(job_id).value)
+
+
+@pytest.fixture
+def cluster_config(tmp_path):
+    """A config file as a user would keep one, and a metric CSV to train on."""
+    config = {"store_uri": f"sqlite:///{tmp_path}/eyenet.db", "artifact_root": str(tmp_path / "artifacts"),
+              "metrics": METRICS, "counter_metrics": [],
+              "detector": {"window_steps": 8, "hidden_size": 8, "num_layers": 1, "max_epochs": 2,
+                           "max_train_time_s": 30, "learning_rate": 0.01}}
+    path = tmp_path / "eyenet.yaml"
+    path.write_text(yaml.safe_dump(config))
+    history = telemetry(600, devices=("r1",))
+    csv = tmp_path / "history.csv"
+    history.drop(columns="device_id").to_csv(csv, index=False)
+    return path, config, csv, history
+
+
+def test_submitted_jobs_train_register_deploy_and_answer(ray_cluster, cluster_config):
+    from ray import serve
+
+    from serve_app.deployments import APP_NAME
+
+    address = f"http://{ray_cluster.dashboard_url}"
+    path, config, csv, history = cluster_config
+    trained, job_id = submit(address, "jobs.train", "--config", str(path), "--train-csv", str(csv))
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert job_status(address, job_id) == "SUCCEEDED"
+    assert "registered eyenet-detector v1 (staging)" in trained.stdout
+    store = open_store(config["store_uri"])
+    versions = ModelRegistry(store, config["artifact_root"]).list()
+    assert [(v.version, v.state) for v in versions] == [(1, "staging")]
+
+    promoted, _ = submit(address, "jobs.models", "promote", "1", "--skip-gate", "--config", str(path))
+    assert promoted.returncode == 0 and "v1 is now production" in promoted.stdout, promoted.stdout[-2000:]
+    live = history.tail(60)  # the live window /v1/predict reads
+    store.write_samples(live.assign(label=pd.array([None] * len(live), dtype="Int8")))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    deployed, job_id = submit(address, "jobs.deploy", "--config", str(path), "--host", "127.0.0.1",
+                              "--port", str(port))
+    try:
+        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+        assert job_status(address, job_id) == "SUCCEEDED"
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: main(["predict", "r1", "--url", url, "--json", "--config", str(path)]) == 0,
+                 120, "the deployed API to answer")
+    finally:
+        serve.delete(APP_NAME)
+        serve.shutdown()
+
+
+def test_a_failing_job_reaches_the_submitter_with_its_status_and_error(ray_cluster, cluster_config):
+    address = f"http://{ray_cluster.dashboard_url}"
+    path, _, _, _ = cluster_config
+    failed, job_id = submit(address, "jobs.train", "--config", str(path), "--train-csv", "/nonexistent/x.csv")
+    assert failed.returncode != 0
+    assert job_status(address, job_id) == "FAILED"
+    assert "eyenet: error: /nonexistent/x.csv: no such file" in failed.stdout + failed.stderr
