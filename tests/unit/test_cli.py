@@ -108,3 +108,23 @@ def test_bench_fleet_refuses_bad_sizes_before_simulating_anything(env, capsys, a
     assert main(["bench", "fleet", *args]) == 2
     err = capsys.readouterr().err
     assert named in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_job_commands_in_cluster_yaml_and_the_readme_parse():
+    """The examples users copy must run: each ``python -m jobs.NAME ...`` there is parsed
+    and validated with that job's own options (cluster.yaml's ``--gpus 2`` example did not)."""
+    import re
+    import shlex
+
+    from jobs.cli import build_parser
+
+    repo = Path(__file__).resolve().parents[2]
+    text = "\n".join((repo / name).read_text() for name in ("cluster.yaml", "README.md"))
+    text = re.sub(r"\\\n#?\s*", " ", text)  # shell line continuations, also inside YAML comments
+    commands = re.findall(r"python -m jobs\.([a-z_]+)([^`\n]*)", text)
+    assert len(commands) >= 3
+    parser = build_parser()
+    for name, rest in commands:
+        command = name.split("_", 1) if name.startswith("bench_") else [name]
+        args = parser.parse_args([*command, *shlex.split(rest.split("#")[0])])
+        args.options_cls.from_namespace(args)  # the options check themselves
