@@ -15,7 +15,7 @@ from jobs.serve import run_serve, with_http
 
 
 def main(config: EyeNetConfig, options: DeployOptions) -> int:
-    run_serve(with_http(config, options.host, options.port), detach=True)
+    run_serve(with_http(config, options.host, options.port), detach=True, insecure=options.insecure)
     return 0
 
 

@@ -188,12 +188,16 @@ class ServeOptions(Options):
     host: str | None = opt(None, "bind address (default: the config's serve.host)")
     port: int | None = opt(None, "port (default: the config's serve.port)", type=int)
     detach: bool = opt(False, "leave the application running and exit")
+    insecure: bool = opt(False, "serve beyond loopback without $EYENET_API_KEY (anyone reaching it reads "
+                                "every score)")
 
 
 @dataclass(kw_only=True)
 class DeployOptions(Options):
     host: str | None = opt(None, "bind address of Serve's HTTP proxy (default: the config's serve.host)")
     port: int | None = opt(None, "port (default: the config's serve.port)", type=int)
+    insecure: bool = opt(False, "serve beyond loopback without $EYENET_API_KEY (anyone reaching it reads "
+                                "every score)")
 
 
 @dataclass(kw_only=True)
@@ -212,12 +216,16 @@ class PredictOptions(Options):
 
 @dataclass(kw_only=True)
 class DemoOptions(Options):
-    dir: str = opt("eyenet-demo", "where the demo's store and models go (recreated)")
-    devices: int = opt(10, "simulated devices (at least 9)")
+    dir: str = opt("eyenet-demo", "where the demo's store, models and plots go (recreated)")
+    devices: int = opt(20, "simulated devices (at least 5: one per incident and a quiet one)")
     history_s: float = opt(3600.0, "history to train on")
     seconds: float = opt(90.0, "live phase (at least 75)")
     train_time_s: float = opt(60.0, "training time budget")
     port: int | None = opt(None, "HTTP port (default: the config's serve.port)", type=int)
+    json: bool = opt(False, "print the end summary as one JSON object (progress goes to stderr)")
+    plain: bool = opt(False, "plain lines instead of the live table (also when stdout is not a terminal)")
+    verbose: bool = opt(False, "show Ray's, Serve's and the workers' own log lines")
+    keep_serving: bool = opt(False, "leave the API up at the end, until Ctrl-C")
 
     def __post_init__(self) -> None:
         _positive("--history-s", self.history_s)

@@ -8,22 +8,38 @@ cluster, as with ``serve deploy serve_app/serve_config.yaml``).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from eyenet.config import EyeNetConfig
-from eyenet.errors import PipelineError
+from eyenet.errors import ConfigError, PipelineError
 from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
 from jobs.options import ServeOptions, job_main
+from serve_app.api import ADMIN_KEY_ENV, API_KEY_ENV
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def run_serve(config: EyeNetConfig, detach: bool = False) -> dict[str, Any]:
+def check_exposure(config: EyeNetConfig, insecure: bool) -> None:
+    """Refuse to serve beyond loopback without an API key unless told ``--insecure``: every
+    device's scores and the fleet's telemetry would be readable by anyone who can reach it."""
+    host = config.serve.host
+    if host in LOOPBACK_HOSTS or insecure or os.environ.get(API_KEY_ENV):
+        return
+    raise ConfigError(f"serving on {host}, beyond loopback, without {API_KEY_ENV} would let anyone who "
+                      f"can reach it read every device's scores: set {API_KEY_ENV} (and {ADMIN_KEY_ENV} "
+                      "to allow promote/rollback over HTTP), or pass --insecure", "serve.host", host)
+
+
+def run_serve(config: EyeNetConfig, detach: bool = False, insecure: bool = False) -> dict[str, Any]:
     from ray import serve
 
     from jobs._ray import ensure_ray
     from serve_app.deployments import APP_NAME, build_app
 
+    check_exposure(config, insecure)
     registry = ModelRegistry(open_store(config.store_uri), config.artifact_root)
     if registry.production() is None:  # checked before Ray starts: say what to do instead
         raise PipelineError("no production model to serve: train one (`eyenet train`) and promote "
@@ -54,7 +70,7 @@ def with_http(config: EyeNetConfig, host: str | None, port: int | None) -> EyeNe
 
 
 def main(config: EyeNetConfig, options: ServeOptions) -> int:
-    run_serve(with_http(config, options.host, options.port), detach=options.detach)
+    run_serve(with_http(config, options.host, options.port), detach=options.detach, insecure=options.insecure)
     return 0
 
 

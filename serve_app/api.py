@@ -36,6 +36,7 @@ from eyenet.serving.inference import Prediction, PredictRequest, ScoreRequest
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "EYENET_API_KEY"
+ADMIN_KEY_ENV = "EYENET_ADMIN_KEY"  # promote and rollback: a read-only client cannot change production
 COMPONENTS = "#/components/schemas/"
 
 
@@ -61,6 +62,7 @@ class ErrorBody(BaseModel):
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "malformed JSON or a parameter out of range", 401: "missing or wrong API key",
+            403: "a read-only key (or no admin key configured): promote and rollback need the admin key",
             404: "unknown device or model version", 409: "not possible in the current state",
             413: "body over the size limit", 422: "a field fails validation (named in 'field')",
             503: "the store or the model is unavailable"}
@@ -87,11 +89,34 @@ def _bearer_guard(api_key: str | None) -> Callable[..., Awaitable[None]]:
     return guard
 
 
-def create_app(backend: Backend, max_body_bytes: int = 1_000_000, api_key: str | None = None) -> FastAPI:
-    """The FastAPI app; ``api_key`` defaults to ``$EYENET_API_KEY`` (unset: no auth)."""
+def _admin_guard(api_key: str | None, admin_key: str | None) -> Callable[..., Awaitable[None]]:
+    async def guard(credentials: HTTPAuthorizationCredentials | None = BEARER_DEPENDENCY) -> None:
+        if not api_key and not admin_key:
+            return  # an open API (loopback, no keys): everything is allowed, as everything is readable
+        given = credentials.credentials if credentials is not None else ""
+        if admin_key and hmac.compare_digest(given.encode(), admin_key.encode()):
+            return
+        if api_key and hmac.compare_digest(given.encode(), api_key.encode()):
+            # known, but only allowed to read
+            why = ("this key only reads: promote and rollback need the admin key" if admin_key else
+                   f"changing the production model over HTTP needs an admin key: set {ADMIN_KEY_ENV} "
+                   f"where the API runs ({API_KEY_ENV} only reads)")
+            raise RequestError(why, "Authorization", status=403)
+        raise RequestError("missing or wrong admin key: send 'Authorization: Bearer <admin key>'",
+                           "Authorization", status=401)
+
+    return guard
+
+
+def create_app(backend: Backend, max_body_bytes: int = 1_000_000, api_key: str | None = None,
+               admin_key: str | None = None) -> FastAPI:
+    """The FastAPI app; ``api_key`` defaults to ``$EYENET_API_KEY`` (unset: no auth) and
+    ``admin_key``, which alone may promote or roll back, to ``$EYENET_ADMIN_KEY``."""
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    admin_key = admin_key if admin_key is not None else os.environ.get(ADMIN_KEY_ENV) or None
     app = FastAPI(title="EyeNet", version="1", description="Anomaly scores for network-device telemetry")
     auth = [Depends(_bearer_guard(api_key))]
+    admin = [Depends(_admin_guard(api_key, admin_key))]
 
     app.add_middleware(BodyLimit, limit=lambda: getattr(backend, "max_body_bytes", None) or max_body_bytes)
 
@@ -157,13 +182,13 @@ def create_app(backend: Backend, max_body_bytes: int = 1_000_000, api_key: str |
     def models() -> list[dict[str, Any]]:
         return backend.models()
 
-    @app.post("/v1/models/{version}/promote", dependencies=auth,
-              responses=_errors(*COMMON_ERRORS, 404, 409))
+    @app.post("/v1/models/{version}/promote", dependencies=admin,
+              responses=_errors(*COMMON_ERRORS, 403, 404, 409))
     def promote(version: int) -> dict[str, Any]:
         """Run the promotion gate, then make ``version`` production; replicas follow in place."""
         return backend.promote(version)
 
-    @app.post("/v1/models/rollback", dependencies=auth, responses=_errors(*COMMON_ERRORS, 404, 409))
+    @app.post("/v1/models/rollback", dependencies=admin, responses=_errors(*COMMON_ERRORS, 403, 404, 409))
     def rollback() -> dict[str, Any]:
         return backend.rollback()
 

@@ -22,6 +22,7 @@ from serve_app.local import LocalBackend
 from tests.synthetic import METRICS, config, promoted_store, telemetry
 
 KEY = "s3cret-key"
+ADMIN = "adm1n-key"
 
 
 @pytest.fixture
@@ -32,8 +33,9 @@ def setup(tmp_path, detector):
     return cfg, store, backend, live
 
 
-def client(backend, api_key=None, max_body_bytes=1_000_000) -> TestClient:
-    return TestClient(create_app(backend, max_body_bytes=max_body_bytes, api_key=api_key or ""))
+def client(backend, api_key=None, max_body_bytes=1_000_000, admin_key=None) -> TestClient:
+    return TestClient(create_app(backend, max_body_bytes=max_body_bytes, api_key=api_key or "",
+                                 admin_key=admin_key or ""))
 
 
 def window_body(frame: pd.DataFrame, device="w1") -> dict:
@@ -184,8 +186,8 @@ def test_the_key_comes_from_the_environment(setup, monkeypatch):
 
 def test_promote_and_rollback_endpoints(setup, detector, tmp_path):
     _, _, backend, _ = setup
-    c = client(backend, api_key=KEY)
-    auth = {"Authorization": f"Bearer {KEY}"}
+    c = client(backend, api_key=KEY, admin_key=ADMIN)
+    auth = {"Authorization": f"Bearer {ADMIN}"}
     assert c.post("/v1/models/2/promote").status_code == 401
     assert c.post("/v1/models/7/promote", headers=auth).status_code == 404
     assert c.post("/v1/models/1/promote", headers=auth).status_code == 409  # already production
@@ -195,6 +197,21 @@ def test_promote_and_rollback_endpoints(setup, detector, tmp_path):
     assert promoted.json()["gate_report"]["replayed_points"] > 0
     back = c.post("/v1/models/rollback", headers=auth)
     assert back.status_code == 200 and back.json()["version"] == 1
+
+
+def test_a_read_only_key_cannot_change_the_production_model(setup):
+    _, _, backend, _ = setup
+    reader = {"Authorization": f"Bearer {KEY}"}
+    for admin_key in (None, ADMIN):  # without an admin key configured, nobody may promote over HTTP
+        c = client(backend, api_key=KEY, admin_key=admin_key)
+        for path in ("/v1/models/1/promote", "/v1/models/rollback"):
+            refused = c.post(path, headers=reader)
+            assert refused.status_code == 403, refused.text
+            assert "admin key" in refused.json()["detail"] and KEY not in refused.text
+        assert c.get("/v1/models", headers=reader).status_code == 200  # reading still works
+    wrong = client(backend, api_key=KEY, admin_key=ADMIN).post(
+        "/v1/models/rollback", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and ADMIN not in wrong.text
 
 
 def test_a_failed_gate_is_a_409_with_its_reasons(setup, tmp_path):
@@ -223,6 +240,24 @@ def test_eyenet_serve_refuses_without_a_production_model(tmp_path, capsys):
     code = main(["serve", "--store", f"sqlite:///{tmp_path}/e.db", "--artifact-root", str(tmp_path / "a"),
                  "--port", "8123"])
     assert code == 1 and "no production model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["serve", "deploy"])
+def test_serving_beyond_loopback_needs_a_key_or_insecure(tmp_path, capsys, monkeypatch, command):
+    from jobs.cli import main
+
+    monkeypatch.delenv("EYENET_API_KEY", raising=False)
+    where = ["--store", f"sqlite:///{tmp_path}/e.db", "--artifact-root", str(tmp_path / "a"),
+             "--port", "8123"]
+    assert main([command, "--host", "0.0.0.0", *where]) == 2
+    err = capsys.readouterr().err
+    assert "serving on 0.0.0.0, beyond loopback, without EYENET_API_KEY" in err and "--insecure" in err
+    # past the check (which runs before anything starts), on to the next: no model yet
+    assert main([command, "--host", "0.0.0.0", "--insecure", *where]) == 1
+    assert "no production model" in capsys.readouterr().err
+    monkeypatch.setenv("EYENET_API_KEY", "k")
+    assert main([command, "--host", "0.0.0.0", *where]) == 1
+    assert "no production model" in capsys.readouterr().err
 
 
 def test_a_detector_replica_is_unhealthy_without_its_store_or_a_production_model(tmp_path, detector):
