@@ -218,7 +218,7 @@ class PredictOptions(Options):
 class DemoOptions(Options):
     dir: str = opt("eyenet-demo", "where the demo's store, models and plots go (recreated)")
     devices: int = opt(20, "simulated devices (at least 5: one per incident and a quiet one)")
-    history_s: float = opt(3600.0, "history to train on")
+    history_s: float = opt(1800.0, "history to train on")
     seconds: float = opt(90.0, "live phase (at least 75)")
     train_time_s: float = opt(60.0, "training time budget")
     port: int | None = opt(None, "HTTP port (default: the config's serve.port)", type=int)
