@@ -89,7 +89,8 @@ def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
             ("event precision", f"{pct(summary['event_precision'])} "
                                 f"({summary['true_anomaly_events']}/{summary['anomaly_events']} events)"),
             ("false alerts on quiet devices",
-             f"{summary['false_alerts_on_quiet_devices']} of {summary['quiet_devices']} quiet devices"
+             f"{summary['false_alerts_on_quiet_devices']} on {len(summary['quiet_devices_alerting'])} of "
+             f"{summary['quiet_devices']} quiet devices"
              + (f" ({', '.join(summary['quiet_devices_alerting'])})" if summary["quiet_devices_alerting"]
                 else "")),
             ("mean time to detect", num(summary["mean_time_to_detect_s"], "s"))]
