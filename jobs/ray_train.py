@@ -154,7 +154,7 @@ def _store_dataset(store_uri: str, detector: Detector, specs: list[dict[str, Any
             frame = store.read_range((int(start) - lead_ms) / 1000.0, int(end) / 1000.0,
                                      device_ids=[str(device_id)])
             if incidents is not None:
-                frame = flag_spans(frame, incidents.get(str(device_id), []))
+                frame = flag_spans(frame, incidents)
             if len(frame) <= window:
                 continue
             feats = detector.features(frame)

@@ -21,16 +21,15 @@ import json
 import tempfile
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from eyenet.config import EyeNetConfig
 from eyenet.detection.detector import Detector
+from eyenet.detection.fit_by_device import flag_spans, incident_spans
 from eyenet.errors import TelemetryError
 from eyenet.models.registry import ModelRegistry, ModelVersion
 from eyenet.store import open_store
 from eyenet.telemetry.files import read_metric_csv
-from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, ms_of, to_ms
 from eyenet.telemetry.validation import ValidationResult, validate_history
 from jobs.fitting import config_for, fit_detector
 from jobs.options import TrainOptions, job_main
@@ -80,22 +79,9 @@ def register(store: Any, config: EyeNetConfig, options: TrainOptions, detector: 
 
 def flag_incidents(frame: pd.DataFrame, events: list[Any], tolerance_s: float) -> pd.DataFrame:
     """Label samples within ``tolerance_s`` of a stored anomaly event of their device as 1,
-    so training leaves out the windows around incidents already found."""
-    frame = frame.copy()
-    label = pd.to_numeric(frame[LABEL], errors="coerce").fillna(0).to_numpy() if LABEL in frame \
-        else np.zeros(len(frame))
-    ts_ms = to_ms(pd.to_datetime(frame[TIMESTAMP], utc=True)).to_numpy()
-    devices = frame[DEVICE].astype(str).to_numpy()
-    for event in events:
-        if event.device_id is None:
-            continue
-        # live anomaly events cover an episode (payload start_ms..end_ms); others a moment
-        start = int(event.payload.get("start_ms", ms_of(event.ts)))
-        end = int(event.payload.get("end_ms", start))
-        near = (ts_ms >= start - tolerance_s * 1000) & (ts_ms <= end + tolerance_s * 1000)
-        label[(devices == event.device_id) & near] = 1
-    frame[LABEL] = label.astype(np.int64)
-    return frame
+    so training leaves out the windows around incidents already found (the same spans the
+    device-by-device path flags)."""
+    return flag_spans(frame, incident_spans(events, tolerance_s))
 
 
 def report_validation(source: str, checked: ValidationResult) -> None:

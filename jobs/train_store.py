@@ -63,7 +63,7 @@ def prepare_from_store(store: Any, detector: Detector, config: EyeNetConfig, *,
 
     def read_device(device_id: str) -> pd.DataFrame:
         frame = telemetry.read_range(since, until, device_ids=[device_id])
-        return flag_spans(frame, incidents.get(device_id, []))
+        return flag_spans(frame, incidents)
 
     fit = DeviceFit(detector)
     try:

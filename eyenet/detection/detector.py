@@ -198,17 +198,13 @@ class Detector:
         if cfg.needs_network and result is None:
             raise TelemetryError(f"detector kind {cfg.kind!r} needs trained network weights")
         val = data.features.select(np.flatnonzero(data.val_rows))
-        val_scaled = self.adapted(val, self.scaled(val).scaled)[0]
-        scored = np.zeros(len(val), bool)
-        scored[window_targets(val.segments, cfg.window_steps)] = True
-        # rows whose window or smoothing memory holds a labelled incident are not normal
-        normal = scored & (flags_in_last(val.flagged, cfg.window_steps + cfg.smoothing) == 0)
+        val_scaled, normal = self.held_out_normal(val)
         if not normal.any():
             raise TelemetryError("every held-out window touches a labelled incident; nothing "
                                  "normal is left to calibrate the threshold on")
 
         def calibrated(model: ErrorModel) -> Calibrator:
-            raw = self._raw_scores(val, val_scaled, val.segments, model)[0]
+            raw = self.raw_scores(val, val_scaled, val.segments, model)[0]
             return Calibrator.fit(raw[normal], risk=cfg.threshold_risk,
                                   init_quantile=cfg.threshold_init_quantile)
 
@@ -228,6 +224,17 @@ class Detector:
             self.training.update({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                                   "epochs": len(result.history), "train_seconds": result.train_seconds})
         return self
+
+    def held_out_normal(self, val: FeatureFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out rows as scoring sees them (scaled, regime-adapted), and which of them
+        are normal: scored with a full window, and no labelled incident in their window or
+        smoothing memory. Calibration is fitted on those rows' raw scores."""
+        cfg = self.config
+        val_scaled = self.adapted(val, self.scaled(val).scaled)[0]
+        scored = np.zeros(len(val), bool)
+        scored[window_targets(val.segments, cfg.window_steps)] = True
+        normal = scored & (flags_in_last(val.flagged, cfg.window_steps + cfg.smoothing) == 0)
+        return val_scaled, normal
 
     def _member(self, kind: str, result: FitResult | None, data: TrainingData) -> ErrorModel:
         if kind == "lstm":
@@ -267,7 +274,7 @@ class Detector:
         feats = self.features(frame)
         rows = self.scaled(feats, cold)
         inputs, changes = self.adapted(feats, rows.scaled, regimes, advance=~rows.learning)
-        raw, contrib, scored = self._raw_scores(feats, inputs, rows.segments)
+        raw, contrib, scored = self.raw_scores(feats, inputs, rows.segments)
         return self.scored_rows(feats, raw, contrib, scored, changes, rows.learning)
 
     def cold_start(self, lookup: Any = None, alias: Any = None) -> ColdStart:
@@ -318,7 +325,7 @@ class Detector:
         return ScoredRows(feats, score, raw, thresholds, decision, contrib, scored, self.feature_names,
                           self.config.top_k_features, regime_changes or [], learning)
 
-    def _raw_scores(self, feats: FeatureFrame, scaled: np.ndarray, segments: np.ndarray,
+    def raw_scores(self, feats: FeatureFrame, scaled: np.ndarray, segments: np.ndarray,
                     model: ErrorModel | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(raw score, per-feature contribution, scored mask) for every row, by ``model``
         (default: the detector's own)."""

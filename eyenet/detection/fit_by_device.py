@@ -24,7 +24,7 @@ from each device's held-out tail, keeping at most ``rows_per_device`` scores per
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,6 @@ from eyenet.detection.features import (
     FeatureFrame,
     Scaler,
     feature_reference,
-    flags_in_last,
     held_out_tail,
     split_segments,
     window_targets,
@@ -49,7 +48,7 @@ from eyenet.detection.regime import MIN_DEVIATION
 from eyenet.detection.scoring import Calibrator
 from eyenet.detection.training import FitResult
 from eyenet.errors import TelemetryError
-from eyenet.telemetry.schema import LABEL, TIMESTAMP, to_ms
+from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP, ms_of, to_ms
 
 # Rows of the fleet kept for its median and quantiles: 100k rows x 40 features of float32
 # is 16 MB, whatever the fleet's size, and a quantile of 100k rows is within ~0.3% of rank.
@@ -64,8 +63,6 @@ def incident_spans(events: Iterable[Any], tolerance_s: float) -> dict[str, list[
     """Each device's stored anomaly events as (start_ms, end_ms) spans, widened by
     ``tolerance_s`` on both sides (the event's own sample). Events without a device are
     fleet-wide and flag nothing."""
-    from eyenet.telemetry.schema import ms_of
-
     spans: dict[str, list[tuple[int, int]]] = {}
     pad_ms = tolerance_s * 1000
     for event in events:
@@ -80,16 +77,19 @@ def incident_spans(events: Iterable[Any], tolerance_s: float) -> dict[str, list[
     return spans
 
 
-def flag_spans(frame: pd.DataFrame, spans: list[tuple[int, int]]) -> pd.DataFrame:
-    """``frame`` (one device) with samples inside any of ``spans`` labelled 1 (so training
-    leaves their windows out) and a missing label read as 0."""
+def flag_spans(frame: pd.DataFrame, spans: Mapping[str, list[tuple[int, int]]]) -> pd.DataFrame:
+    """``frame`` with samples inside their device's ``spans`` (:func:`incident_spans`)
+    labelled 1, so training leaves their windows out, and a missing label read as 0."""
     frame = frame.copy()
     label = pd.to_numeric(frame[LABEL], errors="coerce").fillna(0).to_numpy() if LABEL in frame \
         else np.zeros(len(frame))
-    if spans:
+    if spans and len(frame):
         ts_ms = to_ms(pd.to_datetime(frame[TIMESTAMP], utc=True)).to_numpy()
-        for start, end in spans:
-            label[(ts_ms >= start) & (ts_ms <= end)] = 1
+        devices = frame[DEVICE].astype(str).to_numpy()
+        for device in set(devices) & set(spans):
+            mine = devices == device
+            for start, end in spans[device]:
+                label[mine & (ts_ms >= start) & (ts_ms <= end)] = 1
     frame[LABEL] = label.astype(np.int64)
     return frame
 
@@ -341,12 +341,9 @@ def calibrate_by_device(detector: Detector, result: FitResult, splits: list[Devi
             continue
         feats = detector.features(read_device(split.device_id))
         val = feats.select(np.flatnonzero(feats.timestamps_ms >= split.cut_ms)[:rows_per_device])
-        val_scaled = detector.adapted(val, detector.scaled(val).scaled)[0]
-        scored = np.zeros(len(val), bool)
-        scored[window_targets(val.segments, cfg.window_steps)] = True
-        normal = scored & (flags_in_last(val.flagged, cfg.window_steps + cfg.smoothing) == 0)
+        val_scaled, normal = detector.held_out_normal(val)
         if normal.any():
-            kept.append(detector._raw_scores(val, val_scaled, val.segments, model)[0][normal])
+            kept.append(detector.raw_scores(val, val_scaled, val.segments, model)[0][normal])
     if not kept:
         raise TelemetryError("every held-out window touches a labelled incident; nothing "
                              "normal is left to calibrate the threshold on")
