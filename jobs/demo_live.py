@@ -3,18 +3,18 @@ the poller that asks the API about every device and feeds the live view."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from eyenet.config import EyeNetConfig
+from eyenet.errors import EyeNetError
 from eyenet.sources.incidents import Incident
 from jobs.demo_scoring import Truth, truths_from
 from jobs.demo_view import LiveView
+from jobs.predict import predict
 
 PREDICT_EVERY_S = 3.0
 
@@ -70,12 +70,9 @@ class Poller:
             self._thread.join()
 
     def _ask(self, device: str) -> dict[str, Any] | None:
-        request = urllib.request.Request(f"{self.url}/v1/predict", json.dumps({"device_id": device}).encode(),
-                                         {"content-type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return dict(json.loads(response.read()))
-        except (OSError, ValueError):  # the demo goes on; a failed call is counted, not fatal
+            return predict(self.url, device, timeout_s=10)
+        except EyeNetError:  # the demo goes on; a failed call is counted, not fatal
             return None
 
     def _run(self, view: LiveView) -> None:
