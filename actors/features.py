@@ -14,7 +14,6 @@ scoring.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from typing import Any
 
@@ -42,8 +41,8 @@ def no_production_error(name: str) -> PipelineError:
 
 def load_version(registry: ModelRegistry, name: str, version: int) -> Detector:
     """Version ``version`` of model ``name``, verified against its manifest and loaded."""
-    path = registry.fetch(name, version, cache_dir=tempfile.mkdtemp(prefix="eyenet-model-"))
-    return Detector.load(path)
+    with registry.opened(name, version) as path:
+        return Detector.load(path)  # reads every file into memory: the copy can go
 
 
 def load_production(config: EyeNetConfig, name: str = DEFAULT_MODEL_NAME,

@@ -37,11 +37,12 @@ def load_reference(registry: ModelRegistry, name: str, version: int) -> dict[str
     version's batches are counted but never judged for drift)."""
     from eyenet.detection.detector import REFERENCE_FILE
 
-    path = registry.fetch(name, version) / REFERENCE_FILE
-    if not path.exists():
-        log.warning("monitor: %s v%s has no %s; no drift for it", name, version, REFERENCE_FILE)
-        return None
-    return json.loads(path.read_text())
+    with registry.opened(name, version) as directory:
+        path = directory / REFERENCE_FILE
+        if not path.exists():
+            log.warning("monitor: %s v%s has no %s; no drift for it", name, version, REFERENCE_FILE)
+            return None
+        return json.loads(path.read_text())
 
 
 class MonitorActor:

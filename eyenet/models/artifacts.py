@@ -10,11 +10,13 @@ the manifest's own digest, so replacing file *and* manifest is caught too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -161,6 +163,17 @@ class ArtifactStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+    @contextlib.contextmanager
+    def opened(self, rel: str, expected_sha256: str | None = None) -> Iterator[Path]:
+        """:meth:`fetch` for the length of a ``with`` block: a remote root's copy lives in
+        a temporary directory removed at its end (a process that loads a model on every
+        promotion would otherwise fill the disk with copies)."""
+        if self.is_local:
+            yield self.fetch(rel, expected_sha256)
+            return
+        with tempfile.TemporaryDirectory(prefix="eyenet-model-") as tmp:
+            yield self.fetch(rel, expected_sha256, Path(tmp) / "model")
 
     def _list_files(self, base: str) -> set[str]:
         try:

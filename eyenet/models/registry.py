@@ -14,6 +14,7 @@ unused number and an orphan directory, never a listed version that cannot load.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -135,6 +136,12 @@ class ModelRegistry:
         mv = self.get(name, version)
         return self.artifacts.fetch(mv.artifact_path, mv.manifest_sha256, cache_dir)
 
+    def opened(self, name: str, version: int) -> contextlib.AbstractContextManager[Path]:
+        """A verified local copy of the version's artifacts for a ``with`` block; a copy
+        made from a remote root is removed at its end."""
+        mv = self.get(name, version)
+        return self.artifacts.opened(mv.artifact_path, mv.manifest_sha256)
+
     # -- lifecycle --------------------------------------------------------------------------
     def promote(self, name: str, version: int, gates: Sequence[Gate] = ()) -> ModelVersion:
         """Validate, then atomically make ``version`` production and archive the old one.
@@ -148,13 +155,12 @@ class ModelRegistry:
             raise RegistryError(f"{name} v{version} is already in production")
         reasons: list[str] = []
         try:
-            local = self.artifacts.fetch(candidate.artifact_path, candidate.manifest_sha256)
+            with self.artifacts.opened(candidate.artifact_path, candidate.manifest_sha256) as local:
+                for gate in gates:
+                    reasons.extend(f"{getattr(gate, '__name__', type(gate).__name__)}: {r}"
+                                   for r in gate(candidate, local))
         except ArtifactIntegrityError as exc:
             reasons.append(f"artifact integrity: {exc}")
-        else:
-            for gate in gates:
-                reasons.extend(f"{getattr(gate, '__name__', type(gate).__name__)}: {r}"
-                               for r in gate(candidate, local))
         if reasons:
             self.store.update_model_record(name, version, {"gate_failures": reasons})
             self._event("promotion_rejected", name, version,

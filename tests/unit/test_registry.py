@@ -230,3 +230,27 @@ def test_artifact_root_uri_is_understood(store, model_dir, tmp_path):
     registry.register(model_dir)
     assert (tmp_path / "uri-root" / NAME / "v1" / "MANIFEST.json").exists()
     assert weights_of(registry, 1)["lstm.weight"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_loading_a_version_leaves_no_copy_behind(store, detector, tmp_path, monkeypatch, remote):
+    """Every replica, pool actor and the monitor load a version on each promotion; each
+    load used to leave a directory in the temp dir (an empty one for a local root, a full
+    copy for a remote one)."""
+    import tempfile
+
+    from actors.features import load_version
+    from actors.monitor import load_reference
+
+    detector.save(tmp_path / "model")
+    registry = ModelRegistry(store, tmp_path / "artifacts")
+    registry.register(tmp_path / "model")
+    registry.artifacts.is_local = not remote
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    loaded = load_version(registry, NAME, 1)
+    assert loaded.metrics == detector.metrics
+    assert load_reference(registry, NAME, 1) is not None
+    registry.promote(NAME, 1)
+    assert list(scratch.iterdir()) == []
