@@ -125,6 +125,10 @@ class ServeConfig(_Section):
     replica_cpus: float = Field(
         0.5, ge=0, description="CPUs each detector replica reserves from Ray (0 schedules it "
                                "anywhere: a small test cluster, or scoring on a GPU)")
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs each detector replica reserves (fractions share one GPU); "
+                               "the replica scores on its GPU. With no GPU in the cluster the "
+                               "deploy job warns and places replicas on CPUs")
     max_batch_size: int = Field(64, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     host: str = "127.0.0.1"
@@ -260,6 +264,22 @@ class DetectorConfig(_Section):
         return self.smoothing_steps if self.smoothing_steps is not None else self.window_steps
 
 
+class ClusterConfig(_Section):
+    """What a multi-node Ray cluster needs (see the README's cluster setup)."""
+
+    shared_filesystem: bool = Field(
+        False, description="local paths in store_uri, artifact_root and cluster.train_storage_path "
+                           "are on a filesystem every node mounts at the same place (NFS, EFS); "
+                           "without it a job on a multi-node cluster refuses node-local paths")
+    train_storage_path: str | None = Field(
+        None, description="where Ray Train and Tune keep run checkpoints: a path every node "
+                          "reaches or a pyarrow URI (s3://bucket/prefix); default a fresh "
+                          "directory on the driver's node (single-node only)")
+    gpu_wait_s: float = Field(
+        600.0, ge=0, description="how long a job that asks for GPUs waits for the cluster's "
+                                 "autoscaler to launch a GPU node before it trains on CPUs")
+
+
 class EyeNetConfig(_Section):
     """The whole configuration. Field docs say the unit; defaults follow the seed."""
 
@@ -292,6 +312,7 @@ class EyeNetConfig(_Section):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="before")
     @classmethod

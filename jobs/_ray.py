@@ -5,17 +5,37 @@ from __future__ import annotations
 import logging
 import os
 
+from eyenet.config import EyeNetConfig
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster ``ray job submit`` or ``RAY_ADDRESS`` names, else start a local one."""
+# Whether this process started the Ray it is connected to (then the cluster is this
+# machine and nothing more) rather than joining one (``ray job submit``, RAY_ADDRESS).
+_started_here = False
+
+
+def ensure_ray(num_cpus: int | None = None, config: EyeNetConfig | None = None) -> None:
+    """Join the cluster ``ray job submit`` or ``RAY_ADDRESS`` names, else start a local one.
+
+    With ``config``, a joined cluster is checked for settings only its driver's node
+    reaches (:func:`jobs.cluster.check_paths_reach_every_node`)."""
+    global _started_here
     import ray
 
-    if ray.is_initialized():
-        return
-    # Ray Train and Data log every report and dataset execution at INFO; epoch lines are ours.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level=logging.WARNING)
-    else:  # with the dashboard: Ray Train's placement-group cleanup relies on the state API
-        ray.init(num_cpus=num_cpus, logging_level=logging.WARNING)
+    if not ray.is_initialized():
+        # Ray Train and Data log every report and dataset execution at INFO; epoch lines are ours.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(logging_level=logging.WARNING)
+        else:  # with the dashboard: Ray Train's placement-group cleanup relies on the state API
+            ray.init(num_cpus=num_cpus, logging_level=logging.WARNING)
+            # ray.init() joins a cluster `ray start` runs on this machine, if there is one
+            node = ray._private.worker._global_node
+            _started_here = bool(node is not None and node.head)
+    if config is not None and not _started_here:
+        from jobs.cluster import check_paths_reach_every_node
+
+        check_paths_reach_every_node(config, sum(1 for n in ray.nodes() if n.get("Alive")))
+
+
+def started_here() -> bool:
+    return _started_here

@@ -26,7 +26,8 @@ def fit_detector(train: pd.DataFrame, config: EyeNetConfig, *, source: str, tune
                  max_epochs: int | None = None) -> tuple[Detector, dict[str, Any]]:
     """Train on Ray (tuned or not); errors about the data name ``source``. Kinds without a
     network (pca, kmeans) fit in this process in seconds and never start Ray."""
-    from jobs._ray import ensure_ray
+    from jobs._ray import ensure_ray, started_here
+    from jobs.cluster import usable_gpus
     from jobs.ray_train import train_on_ray
     from jobs.ray_tune import tune_detector
 
@@ -40,11 +41,14 @@ def fit_detector(train: pd.DataFrame, config: EyeNetConfig, *, source: str, tune
         raise TelemetryError(f"{source}: {exc}") from exc
     if not config.detector.needs_network:
         return detector.finish(None, data), {}
-    ensure_ray()
+    ensure_ray(config=config)
+    gpus = usable_gpus(gpus, config.cluster.gpu_wait_s, started_here=started_here()).gpus
+    storage = config.cluster.train_storage_path
     if tune:
         detector, params, trials_table = tune_detector(
             train, config, trials=trials, time_budget_s=time_budget_s, workers=workers,
-            gpus=gpus, max_epochs=max_epochs)
+            gpus=gpus, max_epochs=max_epochs, storage_path=storage)
         return detector, {"tuned_params": params, "trials": trials_table}
-    result = train_on_ray(detector, data, workers=workers, gpus=gpus, max_epochs=max_epochs)
+    result = train_on_ray(detector, data, workers=workers, gpus=gpus, max_epochs=max_epochs,
+                          storage_path=storage)
     return detector.finish(result, data), {}

@@ -31,7 +31,7 @@ from eyenet.config import DetectorConfig
 from eyenet.detection.detector import Detector, TrainingData
 from eyenet.detection.features import split_segments, window_targets, windows_at
 from eyenet.detection.fit_by_device import DeviceSplit, flag_spans
-from eyenet.detection.networks import loss_fn
+from eyenet.detection.networks import loss_fn, usable_device
 from eyenet.detection.training import (
     EarlyStopping,
     FitResult,
@@ -180,6 +180,7 @@ def _batches(shard: Any, batch_size: int, device: torch.device, seed: int | None
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     for block in shard.iter_torch_batches(
             batch_size=STREAM_WINDOWS, dtypes=torch.float32,
+            device=device,  # Ray Data's "auto" is the GPU Ray assigned, usable or not
             local_shuffle_buffer_size=2 * STREAM_WINDOWS if seed is not None else None,
             local_shuffle_seed=seed):
         x, y = block["x"], block["y"]
@@ -204,8 +205,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
     seed_everything(cfg.seed)
     base = build_net(cfg, loop_config["n_features"])
-    net = ray.train.torch.prepare_model(base)
-    device = ray.train.torch.get_device()
+    device = usable_device(ray.train.torch.get_device(), f"training worker {rank}")
+    net = ray.train.torch.prepare_model(base, move_to_device=device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     loss = loss_fn(cfg.objective)
     stopper = EarlyStopping(cfg.patience_epochs, cfg.min_delta)
@@ -289,7 +290,7 @@ def train_datasets_on_ray(detector: Detector, datasets: dict[str, Any], n_featur
     """Fit ``detector``'s network on Ray Data ``datasets`` (``train`` and ``val``, rows of
     window ``x`` and target ``y``: :func:`chunk_dataset` or :func:`store_split_datasets`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = detector.config
     _check_resources(workers, gpus)
@@ -305,9 +306,12 @@ def train_datasets_on_ray(detector: Detector, datasets: dict[str, Any], n_featur
                            "fault_injection": fault_injection, "gpus": gpus},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus),
                                      resources_per_worker=resources),
+        # one worker exchanges no gradients: gloo's group costs nothing and, unlike NCCL,
+        # also forms where the GPU turns out unusable (the worker then trains on the CPU)
+        torch_config=TorchConfig(backend="nccl" if gpus and workers > 1 else "gloo"),
         run_config=RunConfig(
             name=run_name or f"eyenet-train-{int(time.time() * 1000)}",
-            storage_path=storage_path or tempfile.mkdtemp(prefix="eyenet-train-"),
+            storage_path=run_storage(storage_path),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             callbacks=callbacks),
@@ -315,6 +319,14 @@ def train_datasets_on_ray(detector: Detector, datasets: dict[str, Any], n_featur
     started = time.perf_counter()
     result = trainer.fit()
     return fit_result_from_checkpoint(result.checkpoint, time.perf_counter() - started)
+
+
+def run_storage(storage_path: str | None) -> str:
+    """Ray Train's run storage: a URI as given, a path made absolute (Ray wants one), or a
+    fresh temporary directory on this node."""
+    if storage_path is None:
+        return tempfile.mkdtemp(prefix="eyenet-train-")
+    return storage_path if "://" in storage_path else os.path.abspath(storage_path)
 
 
 def worker_cpus(workers: int, share_of_cluster: float = 1.0) -> float:

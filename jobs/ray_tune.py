@@ -19,7 +19,13 @@ import pandas as pd
 from eyenet.config import EyeNetConfig
 from eyenet.detection.detector import Detector
 from eyenet.errors import EyeNetError
-from jobs.ray_train import DATA_RESERVE_CPUS, fit_result_from_checkpoint, train_on_ray, worker_cpus
+from jobs.ray_train import (
+    DATA_RESERVE_CPUS,
+    fit_result_from_checkpoint,
+    run_storage,
+    train_on_ray,
+    worker_cpus,
+)
 
 TRIAL_DRIVER_CPU = 0.01
 TUNED_FIELDS = ("hidden_size", "num_layers", "window_steps", "learning_rate", "dropout")
@@ -48,7 +54,7 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
         raise EyeNetError(f"trials must be >= 1, got {trials}")
     if time_budget_s <= 0:
         raise EyeNetError(f"time budget must be > 0 s, got {time_budget_s}")
-    storage = storage_path or tempfile.mkdtemp(prefix="eyenet-tune-")
+    storage = run_storage(storage_path) if storage_path else tempfile.mkdtemp(prefix="eyenet-tune-")
     frame_ref = ray.put(frame)
     base = config.detector.model_dump()
     epochs = max_epochs or config.detector.max_epochs

@@ -36,7 +36,8 @@ def check_exposure(config: EyeNetConfig, insecure: bool) -> None:
 def run_serve(config: EyeNetConfig, detach: bool = False, insecure: bool = False) -> dict[str, Any]:
     from ray import serve
 
-    from jobs._ray import ensure_ray
+    from jobs._ray import ensure_ray, started_here
+    from jobs.cluster import usable_gpus
     from serve_app.deployments import APP_NAME, build_app
 
     check_exposure(config, insecure)
@@ -44,7 +45,11 @@ def run_serve(config: EyeNetConfig, detach: bool = False, insecure: bool = False
     if registry.production() is None:  # checked before Ray starts: say what to do instead
         raise PipelineError("no production model to serve: train one (`eyenet train`) and promote "
                             "it (`eyenet models promote VERSION`)")
-    ensure_ray()
+    ensure_ray(config=config)
+    if config.serve.num_gpus:  # waits for a GPU node, or places the replicas on CPUs
+        gpus = usable_gpus(config.serve.num_gpus, config.cluster.gpu_wait_s,
+                           started_here=started_here(), what="the detector replicas").gpus
+        config = config.model_copy(update={"serve": config.serve.model_copy(update={"num_gpus": gpus})})
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     url = f"http://{config.serve.host}:{config.serve.port}"

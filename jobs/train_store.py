@@ -81,17 +81,20 @@ def fit_from_store(store: Any, config: EyeNetConfig, *, devices: list[str] | Non
                    since: Any = None, until: Any = None, workers: int = 1, gpus: float = 0,
                    max_epochs: int | None = None) -> Detector:
     """Prepare in the driver, train on Ray from Ray Data datasets read in tasks, calibrate."""
-    from jobs._ray import ensure_ray
+    from jobs._ray import ensure_ray, started_here
+    from jobs.cluster import usable_gpus
     from jobs.ray_train import store_split_datasets, train_datasets_on_ray
 
     source = f"store {config.store_uri}"
     detector = Detector(config.detector, config.metrics, config.gap_s)
     plan = prepare_from_store(store, detector, config, devices=devices, since=since, until=until,
                               source=source)
-    ensure_ray()
+    ensure_ray(config=config)
+    gpus = usable_gpus(gpus, config.cluster.gpu_wait_s, started_here=started_here()).gpus
     datasets = store_split_datasets(config.store_uri, detector, plan.splits, SPAN_MS, plan.incidents)
     result = train_datasets_on_ray(detector, datasets, len(detector.feature_names), workers=workers,
-                                   gpus=gpus, max_epochs=max_epochs)
+                                   gpus=gpus, max_epochs=max_epochs,
+                                   storage_path=config.cluster.train_storage_path)
     try:
         return calibrate_by_device(detector, result, plan.splits, plan.read_device, plan.fit.flagged_rows)
     except TelemetryError as exc:

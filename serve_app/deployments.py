@@ -77,6 +77,8 @@ class DetectorReplica:
 
     def _build(self, version: int) -> tuple[InferenceService, LiveWindows]:
         detector = load_version(self.registry, DEFAULT_MODEL_NAME, version)
+        if self.config.serve.num_gpus:
+            detector.use_device("cuda")  # the GPU Ray gave this replica (CUDA_VISIBLE_DEVICES)
         service = InferenceService(detector, version, self.config.sample_interval_s, self.store)
         warm = pd.DataFrame({"device_id": "warmup",
                              "timestamp": pd.date_range("2024-01-01", periods=service.min_rows, freq="1s",
@@ -298,7 +300,8 @@ def build_app(config: EyeNetConfig) -> Any:
                             "upscale_delay_s": opts.upscale_delay_s,
                             "downscale_delay_s": opts.downscale_delay_s,
                             "look_back_period_s": opts.look_back_period_s},
-        ray_actor_options={"num_cpus": opts.replica_cpus}, health_check_period_s=10)
+        ray_actor_options={"num_cpus": opts.replica_cpus, "num_gpus": opts.num_gpus},
+        health_check_period_s=10)
     ingress = serve.deployment(Ingress, name="Ingress",
                                max_ongoing_requests=opts.ingress_max_ongoing_requests,
                                ray_actor_options={"num_cpus": 0.1})

@@ -48,6 +48,7 @@ from eyenet.detection.features import (
     window_targets,
     windows_at,
 )
+from eyenet.detection.networks import usable_device
 from eyenet.detection.regime import RegimeChange, RegimeTracker, training_deviation
 from eyenet.detection.scoring import Calibrator, smoothed_errors, top_features
 from eyenet.detection.training import FitResult, fit_in_process
@@ -374,6 +375,11 @@ class Detector:
             raise TelemetryError("the detector is not fitted: call fit() or load() first")
 
     # -- persistence ------------------------------------------------------------------------
+    def use_device(self, device: torch.device | str) -> None:
+        """Score on ``device`` (a GPU for a GPU replica); the CPU, with a warning, when
+        this process cannot use it."""
+        self.model.to_device(usable_device(device, "the detector"))
+
     def save(self, directory: str | os.PathLike[str]) -> Path:
         self.require_fitted()
         path = Path(directory)

@@ -69,6 +69,10 @@ class ErrorModel(ABC):
         """The torch network whose weights go to weights.pt, if this kind has one."""
         return None
 
+    def to_device(self, device: torch.device) -> None:
+        """Score on ``device`` from now on (kinds without a network score on the CPU)."""
+        return None
+
 
 # -- the seed's LSTM -------------------------------------------------------------------------
 class LSTMForecaster(ErrorModel):
@@ -77,9 +81,14 @@ class LSTMForecaster(ErrorModel):
     def __init__(self, net: torch.nn.Module) -> None:
         self.net = net
         self.net.eval()
+        self.device = torch.device("cpu")
+
+    def to_device(self, device: torch.device) -> None:
+        self.net.to(device)
+        self.device = device
 
     def point_errors(self, scaled, targets, window):
-        out = predict(self.net, windows_at(scaled, targets, window))
+        out = predict(self.net, windows_at(scaled, targets, window), device=self.device)
         return (out - scaled[targets]) ** 2, None
 
     def network(self) -> torch.nn.Module:
@@ -93,7 +102,7 @@ class LSTMClassifier(LSTMForecaster):
     outputs_probability = True
 
     def point_errors(self, scaled, targets, window):
-        out = predict(self.net, windows_at(scaled, targets, window))
+        out = predict(self.net, windows_at(scaled, targets, window), device=self.device)
         return scaled[targets] ** 2, out[:, 0]
 
 
@@ -230,6 +239,10 @@ class EnsembleModel(ErrorModel):
 
     def network(self) -> torch.nn.Module | None:
         return next((net for net in (m.network() for m in self.members) if net is not None), None)
+
+    def to_device(self, device: torch.device) -> None:
+        for member in self.members:
+            member.to_device(device)
 
     def state(self) -> dict[str, Any]:
         return {"members": [{"kind": m.kind, "scale": s, "state": m.state()}

@@ -12,6 +12,8 @@ head differs by objective:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch import nn
@@ -37,6 +39,19 @@ class LSTMDetectorNet(nn.Module):
         """``x``: (batch, window, features) -> (batch, features) or (batch, 1)."""
         output, _ = self.lstm(x)
         return self.head(output[:, -1])
+
+
+def usable_device(assigned: torch.device | str, who: str) -> torch.device:
+    """``assigned``, or the CPU (with a warning naming ``who``) when it is a GPU this
+    process cannot use: a node that advertises a GPU without a working CUDA driver, or a
+    CPU-only torch build."""
+    device = torch.device(assigned)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"warning: {who} was given {device}, but torch sees no CUDA device (torch "
+              f"{torch.__version__}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): "
+              "running on the CPU", flush=True)
+        return torch.device("cpu")
+    return device
 
 
 def loss_fn(objective: str) -> nn.Module:

@@ -24,7 +24,9 @@ def ray_cluster() -> Iterator[Any]:
     os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
     # The dashboard stays on: Ray Train's placement-group cleaner asks the state API whether
     # a run's controller is gone, and without it a finished Tune trial keeps its CPUs.
-    context = ray.init(num_cpus=2, logging_level="WARNING")
+    # address="local": a fresh cluster even when `ray start` runs one on this machine (a
+    # plain ray.init() would join that one, and refuse num_cpus)
+    context = ray.init(address="local", num_cpus=2, logging_level="WARNING")
     yield context  # its dashboard_url is where `ray job submit` talks to this cluster
     ray.shutdown()
 

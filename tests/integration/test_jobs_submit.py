@@ -5,10 +5,6 @@ to a cluster), then the API they deployed asked with ``eyenet predict``."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
-import uuid
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,25 +14,8 @@ from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
 from jobs.cli import main
 from tests.helpers import wait_for
+from tests.ray_jobs import job_status, submit
 from tests.synthetic import METRICS, telemetry
-
-REPO = Path(__file__).resolve().parents[2]
-RAY_CLI = Path(sys.executable).with_name("ray")
-
-
-def submit(address: str, *entrypoint: str) -> tuple[subprocess.CompletedProcess[str], str]:
-    """``ray job submit`` as a user types it; returns the finished submitter and the job id."""
-    job_id = f"eyenet-test-{uuid.uuid4().hex[:8]}"
-    done = subprocess.run([str(RAY_CLI), "job", "submit", "--address", address, "--submission-id", job_id,
-                           "--working-dir", str(REPO), "--", sys.executable, "-m", *entrypoint],
-                          capture_output=True, text=True, timeout=900, cwd=REPO)
-    return done, job_id
-
-
-def job_status(address: str, job_id: str) -> str:
-    from ray.job_submission import JobSubmissionClient
-
-    return str(JobSubmissionClient(address).get_job_status(job_id).value)
 
 
 @pytest.fixture
