@@ -2,8 +2,10 @@
 
 1. **History.** Collectors ingest ``--history-s`` of simulated telemetry for ``--devices``
    devices (with a little garbage, which they repair or reject) as fast as they can.
-2. **Train.** Ray Train fits the LSTM detector on that history; it is registered in
-   staging, then promoted through the label-free replay gate.
+2. **Tune.** A short Ray Tune search (``--trials``, within ``--train-time-s``; ASHA stops
+   poor trials early) fits the LSTM detector, each trial a Ray Train run, shown as a progress
+   bar per trial; the best trial is registered in staging, then promoted through the
+   label-free replay gate.
 3. **Serve.** The HTTP API goes up on Ray Serve (``http://HOST:PORT``, OpenAPI at /docs).
 4. **Live.** The pipeline follows the live clock for ``--seconds`` while four incidents
    (ddos_burst, latency_spike, link_down, slow_exfiltration) hit four devices and the rest
@@ -39,7 +41,7 @@ from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError
 from jobs.demo_live import Poller, run_live
 from jobs.demo_scoring import score_demo, span_of_event
-from jobs.demo_view import LiveView, plot_device, print_summary
+from jobs.demo_view import LiveView, TuneView, plot_device, print_summary
 from jobs.options import EXIT_ERROR, DemoOptions, IngestOptions, TrainOptions, job_main
 
 # The incidents of the live phase: (kind, start after the live phase starts in s, duration
@@ -64,11 +66,14 @@ def incident_devices(devices: int) -> list[str]:
     return [device_name((2 * k + 1) * devices // (2 * len(INCIDENTS))) for k in range(len(INCIDENTS))]
 
 
-def demo_config(base: EyeNetConfig, directory: Path, port: int | None, train_time_s: float) -> EyeNetConfig:
+def demo_config(base: EyeNetConfig, directory: Path, port: int | None, train_time_s: float,
+                trials: int = 1) -> EyeNetConfig:
+    """The demo's own store and artifacts under ``directory``; each of ``trials`` trials
+    trains for its share of ``train_time_s`` (they run one after another on a small machine)."""
     data = base.to_dict()
     data["store_uri"] = f"sqlite:///{directory / 'eyenet.db'}"
     data["artifact_root"] = str(directory / "artifacts")
-    data["detector"] = {**data["detector"], "max_train_time_s": train_time_s}
+    data["detector"] = {**data["detector"], "max_train_time_s": train_time_s / trials}
     if port is not None:
         data["serve"] = {**data["serve"], "port": port}
     return EyeNetConfig.from_dict(data)
@@ -92,7 +97,7 @@ def run_demo(base: EyeNetConfig, options: DemoOptions, out: TextIO) -> dict[str,
     root = Path(options.dir).resolve()
     shutil.rmtree(root, ignore_errors=True)  # a fresh store each run: the demo's own
     root.mkdir(parents=True)
-    config = demo_config(base, root, options.port, options.train_time_s)
+    config = demo_config(base, root, options.port, options.train_time_s, options.trials)
     started = time.time()
 
     def step(text: str) -> None:
@@ -111,9 +116,15 @@ def run_demo(base: EyeNetConfig, options: DemoOptions, out: TextIO) -> dict[str,
     step(f"    stored {totals.get('stored', 0):,} samples; repaired {repaired:,} values; rejected "
          f"{totals.get('rejected', 0):,} samples ({why})")
 
-    step(f"2/5 training the LSTM detector on Ray Train (at most {options.train_time_s:g} s)")
-    with redirect_stdout(out):
-        mv = run_train(config, TrainOptions(from_store=True))
+    step(f"2/5 tuning the LSTM detector: {options.trials} trials on Ray Tune, each a Ray Train run "
+         f"(search budget {options.train_time_s:g} s, early stopping by validation loss)")
+    tuning = TuneView(config.detector.max_epochs, plain=options.plain or options.json, out=out)
+    with tuning, redirect_stdout(out):
+        mv = run_train(config, TrainOptions(from_store=True, tune=True, trials=options.trials,
+                                            time_budget_s=options.train_time_s),
+                       on_trial_result=tuning.on_result)
+    for line in tuning.summary_lines(mv.metrics.get("tuned_params")):
+        step(line)
     store = open_store(config.store_uri)
     registry = ModelRegistry(store, config.artifact_root)
     mv = registry.promote(mv.name, mv.version, gates=promotion_gates(config, registry))
@@ -168,6 +179,8 @@ def run_demo(base: EyeNetConfig, options: DemoOptions, out: TextIO) -> dict[str,
         alerts_by_kind=report.get("alerts", {}).get("by_kind", {}),
         latency_p50_ms=latency.get("p50_ms"), latency_p99_ms=latency.get("p99_ms"),
         drift_overall=drift.get("overall"), drift_worst=", ".join(f"{f} {v:.3f}" for f, v in worst),
+        tune_trials=[{**r["params"], "epochs": r["epochs"], "best_val_loss": r["best_val_loss"]}
+                     for r in sorted(tuning.trials.values(), key=lambda r: r["number"])],
         predictions=poller.answered, prediction_failures=poller.failed,
         api_docs_url=f"{url}/docs", dashboard_url=dashboard_url, plot_dir=str(plot_dir), plots=plots,
         dir=str(root), wall_s=round(time.time() - started, 1))

@@ -16,6 +16,63 @@ from typing import Any, TextIO
 from jobs.demo_scoring import Span, Truth
 
 
+class TuneView:
+    """The Tune search as it runs: a progress bar per trial (epochs done, validation loss)
+    refreshed in place, or one plain line per reported epoch. Tune calls :meth:`on_result`
+    on the driver."""
+
+    def __init__(self, max_epochs: int, *, plain: bool, out: TextIO | None = None) -> None:
+        self.max_epochs = max_epochs
+        self.out = out or sys.stdout
+        self.plain = plain or not self.out.isatty()
+        self.trials: dict[str, dict[str, Any]] = {}  # trial id -> params and latest figures
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> TuneView:
+        if not self.plain:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._progress = Progress(TextColumn("    {task.description}"), BarColumn(),
+                                      MofNCompleteColumn(), TextColumn("epochs  {task.fields[loss]}"),
+                                      console=Console(file=self.out))
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+            self._progress = None
+
+    def on_result(self, trial_id: str, params: dict[str, Any], result: dict[str, Any]) -> None:
+        row = self.trials.setdefault(trial_id, {"params": params, "number": len(self.trials) + 1})
+        row.update(epochs=int(result.get("epoch", -1)) + 1, val_loss=result.get("val_loss"),
+                   best_val_loss=result.get("best_val_loss"))
+        loss = f"val loss {row['val_loss']:.4f} (best {row['best_val_loss']:.4f})"
+        name = f"trial {row['number']} {describe_params(params)}"
+        if self._progress is None:
+            print(f"    {name}: epoch {row['epochs']}: {loss}", file=self.out, flush=True)
+            return
+        if trial_id not in self._tasks:
+            self._tasks[trial_id] = self._progress.add_task(name, total=self.max_epochs, loss="")
+        self._progress.update(self._tasks[trial_id], completed=row["epochs"], loss=loss)
+
+    def summary_lines(self, best: Mapping[str, Any] | None) -> list[str]:
+        """One line per trial, the best (the registered one) marked."""
+        lines = []
+        for row in sorted(self.trials.values(), key=lambda r: r["number"]):
+            mark = "  <- best, registered" if best and all(row["params"].get(k) == v
+                                                         for k, v in best.items()) else ""
+            lines.append(f"    trial {row['number']} {describe_params(row['params'])}: "
+                         f"{row['epochs']} epochs, best val loss {row['best_val_loss']:.4f}{mark}")
+        return lines
+
+
+def describe_params(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 class LiveView:
     """The live phase's fleet view, fed one round of /v1/predict answers at a time."""
 

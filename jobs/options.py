@@ -220,7 +220,9 @@ class DemoOptions(Options):
     devices: int = opt(20, "simulated devices (at least 5: one per incident and a quiet one)")
     history_s: float = opt(1800.0, "history to train on")
     seconds: float = opt(90.0, "live phase (at least 75)")
-    train_time_s: float = opt(60.0, "training time budget")
+    train_time_s: float = opt(90.0, "the Ray Tune search's wall-clock budget (each trial trains "
+                                    "for its share)")
+    trials: int = opt(3, "Ray Tune trials (hyperparameter draws; the best is registered)")
     port: int | None = opt(None, "HTTP port (default: the config's serve.port)", type=int)
     json: bool = opt(False, "print the end summary as one JSON object (progress goes to stderr)")
     plain: bool = opt(False, "plain lines instead of the live table (also when stdout is not a terminal)")
@@ -230,6 +232,7 @@ class DemoOptions(Options):
     def __post_init__(self) -> None:
         _positive("--history-s", self.history_s)
         _positive("--train-time-s", self.train_time_s)
+        _at_least("--trials", self.trials, 1)
 
 
 @dataclass(kw_only=True)

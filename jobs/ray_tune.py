@@ -12,6 +12,7 @@ Run as a job: ``python -m jobs.tune --train-csv FILE.csv --trials 8 --time-budge
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -39,11 +40,29 @@ def default_search_space() -> dict[str, Any]:
             "learning_rate": tune.loguniform(3e-4, 3e-3), "dropout": tune.uniform(0.0, 0.3)}
 
 
+TrialResultHook = Callable[[str, dict[str, Any], dict[str, Any]], None]
+
+
+def _relay(hook: TrialResultHook) -> Any:
+    """A Tune callback (Tune calls it on the driver) handing each trial result to ``hook``."""
+    from ray import tune
+
+    class Relay(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            hook(str(trial.trial_id), {k: trial.config.get(k) for k in TUNED_FIELDS}, dict(result))
+
+    return Relay()
+
+
 def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
                   time_budget_s: float = 600.0, workers: int = 1, gpus: float = 0,
                   max_epochs: int | None = None, search_space: dict[str, Any] | None = None,
-                  storage_path: str | None = None) -> tuple[Detector, dict[str, Any], list[dict[str, Any]]]:
-    """Returns (best fitted detector, its parameters, one summary row per trial)."""
+                  storage_path: str | None = None,
+                  on_trial_result: TrialResultHook | None = None,
+                  ) -> tuple[Detector, dict[str, Any], list[dict[str, Any]]]:
+    """Returns (best fitted detector, its parameters, one summary row per trial).
+    ``on_trial_result(trial_id, params, result)`` hears every epoch a trial reports, in
+    this process (a progress display)."""
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
@@ -83,7 +102,8 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
             max_concurrent_trials=concurrent,
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                                     grace_period=min(3, epochs), reduction_factor=2)),
-        run_config=tune.RunConfig(storage_path=storage, name="eyenet-tune"))
+        run_config=tune.RunConfig(storage_path=storage, name="eyenet-tune",
+                                  callbacks=[_relay(on_trial_result)] if on_trial_result else None))
     grid = tuner.fit()
     rows, best = [], None
     for result in grid:

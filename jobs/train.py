@@ -36,7 +36,9 @@ from jobs.options import TrainOptions, job_main
 from jobs.train_store import fit_from_store
 
 
-def run_train(config: EyeNetConfig, options: TrainOptions) -> ModelVersion:
+def run_train(config: EyeNetConfig, options: TrainOptions, on_trial_result: Any = None) -> ModelVersion:
+    """``on_trial_result``: with ``--tune``, hears each trial's epochs
+    (:func:`jobs.ray_tune.tune_detector`)."""
     store = open_store(config.store_uri)
     if options.train_csv:
         frame, metrics = read_metric_csv(options.train_csv)
@@ -58,7 +60,8 @@ def run_train(config: EyeNetConfig, options: TrainOptions) -> ModelVersion:
                                                         limit=100_000),
                                tolerance_s=config.sample_interval_s / 2)  # the event's own sample
     detector, extra = fit_detector(frame, config, source=source, tune=options.tune, trials=options.trials,
-                                   time_budget_s=options.time_budget_s, **options.train_kw)
+                                   time_budget_s=options.time_budget_s, on_trial_result=on_trial_result,
+                                   **options.train_kw)
     return register(store, config, options, detector, extra, source)
 
 
