@@ -66,14 +66,25 @@ def incident_devices(devices: int) -> list[str]:
     return [device_name((2 * k + 1) * devices // (2 * len(INCIDENTS))) for k in range(len(INCIDENTS))]
 
 
+def demo_search_space() -> dict[str, Any]:
+    """Networks small enough that a few trials finish epochs within the demo's budget on a
+    laptop (the default space reaches 128 x 2 layers, minutes per epoch there)."""
+    from ray import tune
+
+    return {"hidden_size": tune.choice([16, 32]), "num_layers": 1, "window_steps": tune.choice([20, 30]),
+            "learning_rate": tune.loguniform(2e-3, 1e-2), "dropout": 0.0}
+
+
 def demo_config(base: EyeNetConfig, directory: Path, port: int | None, train_time_s: float,
-                trials: int = 1) -> EyeNetConfig:
-    """The demo's own store and artifacts under ``directory``; each of ``trials`` trials
-    trains for its share of ``train_time_s`` (they run one after another on a small machine)."""
+                trials: int) -> EyeNetConfig:
+    """The demo's own store and artifacts under ``directory``. Trials run one after another
+    (at once, on 2 cores, none finished an epoch in 90 s), and a trial's Ray Train start
+    (controller, worker, Ray Data) takes about a minute there, so each trains for a quarter
+    of its share of the search's ``train_time_s``."""
     data = base.to_dict()
     data["store_uri"] = f"sqlite:///{directory / 'eyenet.db'}"
     data["artifact_root"] = str(directory / "artifacts")
-    data["detector"] = {**data["detector"], "max_train_time_s": train_time_s / trials}
+    data["detector"] = {**data["detector"], "max_train_time_s": train_time_s / (4 * trials)}
     if port is not None:
         data["serve"] = {**data["serve"], "port": port}
     return EyeNetConfig.from_dict(data)
@@ -122,7 +133,7 @@ def run_demo(base: EyeNetConfig, options: DemoOptions, out: TextIO) -> dict[str,
     with tuning, redirect_stdout(out):
         mv = run_train(config, TrainOptions(from_store=True, tune=True, trials=options.trials,
                                             time_budget_s=options.train_time_s),
-                       on_trial_result=tuning.on_result)
+                       tune_kw={"on_trial_result": tuning.on_result, "search_space": demo_search_space()})
     for line in tuning.summary_lines(mv.metrics.get("tuned_params")):
         step(line)
     store = open_store(config.store_uri)

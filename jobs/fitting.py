@@ -24,7 +24,7 @@ def config_for(config: EyeNetConfig, metrics: list[str], frame: pd.DataFrame) ->
 def fit_detector(train: pd.DataFrame, config: EyeNetConfig, *, source: str, tune: bool = False,
                  trials: int = 8, time_budget_s: float = 600.0, workers: int = 1, gpus: float = 0,
                  max_epochs: int | None = None,
-                 on_trial_result: Any = None) -> tuple[Detector, dict[str, Any]]:
+                 tune_kw: dict[str, Any] | None = None) -> tuple[Detector, dict[str, Any]]:
     """Train on Ray (tuned or not); errors about the data name ``source``. Kinds without a
     network (pca, kmeans) fit in this process in seconds and never start Ray."""
     from jobs._ray import ensure_ray, started_here
@@ -48,7 +48,7 @@ def fit_detector(train: pd.DataFrame, config: EyeNetConfig, *, source: str, tune
     if tune:
         detector, params, trials_table = tune_detector(
             train, config, trials=trials, time_budget_s=time_budget_s, workers=workers,
-            gpus=gpus, max_epochs=max_epochs, storage_path=storage, on_trial_result=on_trial_result)
+            gpus=gpus, max_epochs=max_epochs, storage_path=storage, **(tune_kw or {}))
         return detector, {"tuned_params": params, "trials": trials_table}
     result = train_on_ray(detector, data, workers=workers, gpus=gpus, max_epochs=max_epochs,
                           storage_path=storage)

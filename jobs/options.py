@@ -220,9 +220,9 @@ class DemoOptions(Options):
     devices: int = opt(20, "simulated devices (at least 5: one per incident and a quiet one)")
     history_s: float = opt(1800.0, "history to train on")
     seconds: float = opt(90.0, "live phase (at least 75)")
-    train_time_s: float = opt(90.0, "the Ray Tune search's wall-clock budget (each trial trains "
-                                    "for its share)")
-    trials: int = opt(3, "Ray Tune trials (hyperparameter draws; the best is registered)")
+    train_time_s: float = opt(160.0, "the Ray Tune search's wall-clock budget (trials run one "
+                                     "after another, each training for part of its share)")
+    trials: int = opt(2, "Ray Tune trials (hyperparameter draws; the best is registered)")
     port: int | None = opt(None, "HTTP port (default: the config's serve.port)", type=int)
     json: bool = opt(False, "print the end summary as one JSON object (progress goes to stderr)")
     plain: bool = opt(False, "plain lines instead of the live table (also when stdout is not a terminal)")

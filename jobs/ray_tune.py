@@ -59,10 +59,12 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
                   max_epochs: int | None = None, search_space: dict[str, Any] | None = None,
                   storage_path: str | None = None,
                   on_trial_result: TrialResultHook | None = None,
+                  concurrent_trials: int | None = None,
                   ) -> tuple[Detector, dict[str, Any], list[dict[str, Any]]]:
     """Returns (best fitted detector, its parameters, one summary row per trial).
     ``on_trial_result(trial_id, params, result)`` hears every epoch a trial reports, in
-    this process (a progress display)."""
+    this process (a progress display). ``concurrent_trials``: trials at once (default: as
+    many as give each trial's workers a CPU apiece, leaving Ray Data its share)."""
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
@@ -88,7 +90,7 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
                      cpus_per_worker=per_worker)
 
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    concurrent = max(1, int((cpus - DATA_RESERVE_CPUS) // (workers + TRIAL_DRIVER_CPU)))
+    concurrent = concurrent_trials or max(1, int((cpus - DATA_RESERVE_CPUS) // (workers + TRIAL_DRIVER_CPU)))
     # Half the share: a finished trial's Train actors release their CPUs lazily, and the next
     # trial must not wait on them.
     per_worker = worker_cpus(workers, share_of_cluster=0.5 / concurrent)
@@ -98,12 +100,15 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
         param_space=search_space or default_search_space(),
         tune_config=tune.TuneConfig(
             metric="val_loss", mode="min", num_samples=trials, time_budget_s=time_budget_s,
-            search_alg=BasicVariantGenerator(random_state=config.detector.seed),  # repeatable draws
-            max_concurrent_trials=concurrent,
+            # repeatable draws; the limit goes here: Tune ignores max_concurrent_trials for a
+            # generator passed as search_alg (it ran every trial at once, none finishing an epoch)
+            search_alg=BasicVariantGenerator(random_state=config.detector.seed, max_concurrent=concurrent),
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                                     grace_period=min(3, epochs), reduction_factor=2)),
+        # with a hook, the caller shows progress: Tune's own status tables stay off
         run_config=tune.RunConfig(storage_path=storage, name="eyenet-tune",
-                                  callbacks=[_relay(on_trial_result)] if on_trial_result else None))
+                                  callbacks=[_relay(on_trial_result)] if on_trial_result else None,
+                                  verbose=0 if on_trial_result else None))
     grid = tuner.fit()
     rows, best = [], None
     for result in grid:

@@ -36,9 +36,10 @@ from jobs.options import TrainOptions, job_main
 from jobs.train_store import fit_from_store
 
 
-def run_train(config: EyeNetConfig, options: TrainOptions, on_trial_result: Any = None) -> ModelVersion:
-    """``on_trial_result``: with ``--tune``, hears each trial's epochs
-    (:func:`jobs.ray_tune.tune_detector`)."""
+def run_train(config: EyeNetConfig, options: TrainOptions,
+              tune_kw: dict[str, Any] | None = None) -> ModelVersion:
+    """``tune_kw``: with ``--tune``, more of :func:`jobs.ray_tune.tune_detector`'s options
+    (a progress hook, a search space, how many trials at once)."""
     store = open_store(config.store_uri)
     if options.train_csv:
         frame, metrics = read_metric_csv(options.train_csv)
@@ -60,7 +61,7 @@ def run_train(config: EyeNetConfig, options: TrainOptions, on_trial_result: Any 
                                                         limit=100_000),
                                tolerance_s=config.sample_interval_s / 2)  # the event's own sample
     detector, extra = fit_detector(frame, config, source=source, tune=options.tune, trials=options.trials,
-                                   time_budget_s=options.time_budget_s, on_trial_result=on_trial_result,
+                                   time_budget_s=options.time_budget_s, tune_kw=tune_kw,
                                    **options.train_kw)
     return register(store, config, options, detector, extra, source)
 

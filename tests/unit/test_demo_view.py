@@ -7,7 +7,7 @@ import io
 import pandas as pd
 
 from jobs.demo_scoring import Span, Truth, score_demo
-from jobs.demo_view import LiveView, plot_device, print_summary
+from jobs.demo_view import LiveView, TuneView, plot_device, print_summary
 
 FLEET = ["dev-0000", "dev-0001"]
 COMMON = {"state": "judged", "threshold": 0.5, "timestamp": "2026-01-01T00:00:10Z"}
@@ -37,6 +37,37 @@ def test_a_terminal_gets_the_table():
     text = out.getvalue()
     for word in ("device", "open alerts", "ANOMALY", "ddos_burst", "bytes_in", "0.93"):
         assert word in text
+
+
+def feed_two_trials(view: TuneView) -> None:
+    small, large = {"hidden_size": 16, "learning_rate": 0.002}, {"hidden_size": 32, "learning_rate": 0.005}
+    view.on_result("t-a", small, {"epoch": 0, "val_loss": 0.02, "best_val_loss": 0.02})
+    view.on_result("t-a", small, {"epoch": 1, "val_loss": 0.01, "best_val_loss": 0.01})
+    view.on_result("t-b", large, {"epoch": 0, "val_loss": 0.03, "best_val_loss": 0.03})
+
+
+def test_tune_progress_plain_lines_and_the_registered_trial_marked():
+    out = io.StringIO()
+    with TuneView(10, plain=False, out=out) as view:
+        assert view.plain
+        feed_two_trials(view)
+    assert out.getvalue().splitlines()[1] == \
+        "    trial 1 hidden_size=16, learning_rate=0.002: epoch 2: val loss 0.0100 (best 0.0100)"
+    lines = view.summary_lines({"hidden_size": 16, "learning_rate": 0.002})
+    assert lines == [
+        "    trial 1 hidden_size=16, learning_rate=0.002: 2 epochs, best val loss 0.0100"
+        "  <- best, registered",
+        "    trial 2 hidden_size=32, learning_rate=0.005: 1 epochs, best val loss 0.0300"]
+
+
+def test_a_terminal_gets_a_progress_bar_per_trial(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich ellipsizes to the terminal's width
+    out = Tty()
+    with TuneView(10, plain=False, out=out) as view:
+        feed_two_trials(view)
+    text = out.getvalue()
+    assert "trial 1 hidden_size=16" in text and "trial 2 hidden_size=32" in text
+    assert "2/10" in text and "val loss 0.0100" in text
 
 
 def test_summary_and_plot(tmp_path):
