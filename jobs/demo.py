@@ -2,7 +2,7 @@
 
 1. **History.** Collectors ingest ``--history-s`` of simulated telemetry for ``--devices``
    devices (with a little garbage, which they repair or reject) as fast as they can.
-2. **Tune.** A short Ray Tune search (``--trials``, within ``--train-time-s``; ASHA stops
+2. **Tune.** A short Ray Tune search (``--trials``, one after another within ``--train-time-s``; ASHA stops
    poor trials early) fits the LSTM detector, each trial a Ray Train run, shown as a progress
    bar per trial; the best trial is registered in staging, then promoted through the
    label-free replay gate.
