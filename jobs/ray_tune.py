@@ -123,7 +123,9 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
     if best is None:
         errors = [r["error"] for r in rows if r["error"]]
         raise EyeNetError(f"no tuning trial finished an epoch within {time_budget_s} s"
-                          + (f"; first error: {errors[0]}" if errors else ""))
+                          + (f"; first error: {errors[0]}" if errors else
+                             " (a trial needs Ray Train's start, about a minute on 2 cores, and "
+                             "one epoch): give the search more time"))
     params = {k: best[2][k] for k in TUNED_FIELDS if k in best[2]}
     detector = Detector(config.detector.model_validate({**base, **params}), config.metrics, config.gap_s)
     data = detector.prepare(frame)

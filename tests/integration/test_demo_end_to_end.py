@@ -54,7 +54,7 @@ def test_demo_finds_every_incident_and_leaves_nothing_running(tmp_path):
     try:
         done = subprocess.run(
             [sys.executable, "-m", "jobs.demo", "--dir", str(demo_dir), "--devices", str(DEVICES),
-             "--history-s", "1800", "--seconds", str(MIN_SECONDS), "--train-time-s", "60", "--trials", "2",
+             "--history-s", "1800", "--seconds", str(MIN_SECONDS), "--train-time-s", "120", "--trials", "1",
              "--port", str(free_port()), "--json"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
         assert done.returncode == 0, done.stderr[-4000:]
@@ -65,8 +65,10 @@ def test_demo_finds_every_incident_and_leaves_nothing_running(tmp_path):
         assert {r["device_id"] for r in summary["per_incident"]} == set(incident_devices(DEVICES))
         assert {r["kind"] for r in summary["per_incident"]} == {"ddos_burst", "latency_spike", "link_down",
                                                                 "slow_exfiltration"}
-        trials = summary["tune_trials"]  # the Tune search ran; its best trial was promoted
-        assert 1 <= len(trials) <= 2 and all(t["epochs"] >= 1 for t in trials), trials
+        # the Tune search ran (one trial: each costs a Ray Train start, about a minute on 2
+        # cores; choosing among several is test_training's) and its trial was promoted
+        trials = summary["tune_trials"]
+        assert len(trials) == 1 and trials[0]["epochs"] >= 1, trials
         assert summary["model_version"] == 1
         assert summary["mean_time_to_detect_s"] is not None and summary["event_precision"] is not None
         assert summary["api_docs_url"].endswith("/docs") and summary["dashboard_url"].startswith("http")
