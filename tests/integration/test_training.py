@@ -143,27 +143,6 @@ def test_store_split_datasets_yield_the_windows_prepare_picks(tmp_path):
                                        atol=1e-3, err_msg=f"{name}.{key}")
 
 
-def test_detect_cli_writes_one_row_per_test_row_in_order(tmp_path):
-    from jobs.cli import main
-
-    frame = fleet(rows=300, devices=1)
-    train, test = frame.iloc[:240].drop(columns="device_id"), frame.iloc[240:].drop(columns="device_id")
-    test = test.assign(label=0).sample(frac=1.0, random_state=0)  # shuffled, with a label to ignore
-    train.to_csv(tmp_path / "train.csv", index=False)
-    test.to_csv(tmp_path / "test.csv", index=False)
-    (tmp_path / "cfg.yaml").write_text("detector:\n  hidden_size: 8\n  num_layers: 1\n  window_steps: 8\n"
-                                       "  max_epochs: 2\n  batch_size: 64\n")
-    code = main(["detect", "--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
-                 "--out", str(tmp_path / "out.csv"), "--config", str(tmp_path / "cfg.yaml")])
-    assert code == 0
-    out = pd.read_csv(tmp_path / "out.csv")
-    assert list(out.columns) == ["timestamp", "score", "is_anomaly", "top_feature", "regime_change"]
-    assert len(out) == len(test)
-    assert (pd.to_datetime(out["timestamp"]) == pd.to_datetime(test["timestamp"]).to_numpy()).all()
-    assert out["score"].between(0, 1).all() and set(out["is_anomaly"]) <= {0, 1}
-    assert set(out["top_feature"].dropna()) <= {*METRICS, "bytes_per_packet_in"}
-
-
 def test_train_cli_from_store_leaves_out_incidents_and_registers_staging(tmp_path, capsys):
     from eyenet.store.base import Event
     from jobs.cli import main

@@ -1,5 +1,6 @@
-"""``eyenet detect`` refuses bad CSVs before Ray starts, naming the file/column/row, and
-writes nothing."""
+"""``eyenet detect`` writes one row per test row in the test file's order, and refuses bad
+CSVs before Ray starts, naming the file/column/row, writing nothing. (The output contract
+is the same for every kind; kmeans fits in-process, so these tests start no Ray.)"""
 
 from __future__ import annotations
 
@@ -30,6 +31,24 @@ def run(tmp_path, capsys, train, test=None):
     assert not out.exists(), "a failed detect must not leave an output file"
     assert not list(tmp_path.glob(".eyenet-detect-*")), "no temporary file may be left behind"
     return err
+
+
+def test_detect_writes_one_row_per_test_row_in_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("EYENET_DETECTOR__KIND", "kmeans")
+    frame = pd.read_csv(write(tmp_path / "all.csv", rows=300))
+    train, test = frame.iloc[:240], frame.iloc[240:]
+    test = test.assign(label=0).sample(frac=1.0, random_state=0)  # shuffled, with a label to ignore
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    code = main(["detect", "--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
+                 "--out", str(tmp_path / "out.csv"), "--store", f"sqlite:///{tmp_path}/s.db"])
+    assert code == 0
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out.columns) == ["timestamp", "score", "is_anomaly", "top_feature", "regime_change"]
+    assert len(out) == len(test)
+    assert (pd.to_datetime(out["timestamp"]) == pd.to_datetime(test["timestamp"]).to_numpy()).all()
+    assert out["score"].between(0, 1).all() and set(out["is_anomaly"]) <= {0, 1}
+    assert set(out["top_feature"].dropna()) <= {"a", "b"}
 
 
 def test_missing_file(tmp_path, capsys):
