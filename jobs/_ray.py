@@ -7,6 +7,18 @@ import os
 
 from eyenet.config import EyeNetConfig
 
+# Ray Train and Data log every report and dataset execution at INFO, and draw progress
+# bars; the epoch lines are ours.
+QUIET_TRAIN_AND_DATA = {"RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
+                        "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+
+def quiet_train_and_data() -> None:
+    """Set :data:`QUIET_TRAIN_AND_DATA` where the environment does not say otherwise (before
+    ray.init: the workers inherit it)."""
+    for key, value in QUIET_TRAIN_AND_DATA.items():
+        os.environ.setdefault(key, value)
+
 
 def ensure_ray(num_cpus: int | None = None, config: EyeNetConfig | None = None) -> None:
     """Join the cluster ``ray job submit`` or ``RAY_ADDRESS`` names, else start a local one.
@@ -16,9 +28,7 @@ def ensure_ray(num_cpus: int | None = None, config: EyeNetConfig | None = None) 
     import ray
 
     if not ray.is_initialized():
-        # Ray Train and Data log every report and dataset execution at INFO; epoch lines are ours.
-        os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
-        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        quiet_train_and_data()
         if os.environ.get("RAY_ADDRESS"):
             ray.init(logging_level=logging.WARNING)
         else:  # with the dashboard: Ray Train's placement-group cleanup relies on the state API
@@ -27,6 +37,14 @@ def ensure_ray(num_cpus: int | None = None, config: EyeNetConfig | None = None) 
         from jobs.cluster import check_paths_reach_every_node
 
         check_paths_reach_every_node(config, sum(1 for n in ray.nodes() if n.get("Alive")))
+
+
+def gpus_for(config: EyeNetConfig, requested: float, what: str = "training") -> float:
+    """The GPUs ``what`` gets on the connected Ray: ``requested``, or 0 after a warning
+    (:func:`jobs.cluster.usable_gpus`, waiting up to ``cluster.gpu_wait_s``)."""
+    from jobs.cluster import usable_gpus
+
+    return usable_gpus(requested, config.cluster.gpu_wait_s, started_here=started_here(), what=what).gpus
 
 
 def started_here() -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from eyenet.config import EyeNetConfig
@@ -71,7 +71,6 @@ class ClusterResources(Protocol):
         """(time of the autoscaler's latest status report, whether it is launching nodes)."""
 
 
-@dataclass
 class RayClusterResources:
     """:class:`ClusterResources` of the connected Ray cluster."""
 
@@ -105,8 +104,6 @@ class GpuWait:
 
     gpus: float
     reason: str = ""
-    waited_s: float = 0.0
-    updates_seen: list[float] = field(default_factory=list)
 
 
 def usable_gpus(requested: float, wait_s: float, *, started_here: bool,
@@ -127,7 +124,7 @@ def usable_gpus(requested: float, wait_s: float, *, started_here: bool,
     try:
         while time.monotonic() - started < wait_s:
             if cluster.gpus() > 0:
-                return GpuWait(requested, "a GPU node joined", time.monotonic() - started, seen)
+                return GpuWait(requested, "a GPU node joined")
             update = cluster.autoscaler_update()
             if update is not None and update[0] > asked_at:
                 if update[1]:
@@ -136,17 +133,16 @@ def usable_gpus(requested: float, wait_s: float, *, started_here: bool,
                     seen.append(update[0])
                 if len(seen) >= UNANSWERED_UPDATES:
                     return _fallback(requested, what, "the cluster's autoscaler launches no GPU "
-                                     f"node for it ({len(seen)} updates)", time.monotonic() - started)
+                                     f"node for it ({len(seen)} updates)")
             time.sleep(POLL_S)
     finally:
         cluster.request([])  # from here the job's own resource demand keeps the node
-    return _fallback(requested, what, f"no GPU node joined within cluster.gpu_wait_s ({wait_s:g} s)",
-                     time.monotonic() - started)
+    return _fallback(requested, what, f"no GPU node joined within cluster.gpu_wait_s ({wait_s:g} s)")
 
 
-def _fallback(requested: float, what: str, why: str, waited_s: float = 0.0) -> GpuWait:
+def _fallback(requested: float, what: str, why: str) -> GpuWait:
     warn(f"{requested:g} GPU(s) asked for, but {why}: {what} runs on CPUs")
-    return GpuWait(0.0, why, waited_s)
+    return GpuWait(0.0, why)
 
 
 def warn(message: str) -> None:

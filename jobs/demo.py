@@ -2,10 +2,10 @@
 
 1. **History.** Collectors ingest ``--history-s`` of simulated telemetry for ``--devices``
    devices (with a little garbage, which they repair or reject) as fast as they can.
-2. **Tune.** A short Ray Tune search (``--trials``, one after another within ``--train-time-s``; ASHA stops
-   poor trials early) fits the LSTM detector, each trial a Ray Train run, shown as a progress
-   bar per trial; the best trial is registered in staging, then promoted through the
-   label-free replay gate.
+2. **Tune.** A short Ray Tune search (``--trials``, one after another within
+   ``--train-time-s``; ASHA stops poor trials early) fits the LSTM detector, each trial a Ray
+   Train run, shown as a progress bar per trial; the best trial is registered in staging,
+   then promoted through the label-free replay gate.
 3. **Serve.** The HTTP API goes up on Ray Serve (``http://HOST:PORT``, OpenAPI at /docs).
 4. **Live.** The pipeline follows the live clock for ``--seconds`` while four incidents
    (ddos_burst, latency_spike, link_down, slow_exfiltration) hit four devices and the rest
@@ -45,11 +45,10 @@ from jobs.demo_view import LiveView, TuneView, plot_device, print_summary
 from jobs.options import EXIT_ERROR, DemoOptions, IngestOptions, TrainOptions, job_main
 
 # The incidents of the live phase: (kind, start after the live phase starts in s, duration
-# in s), each on its own device (spread over the fleet by ``incident_devices``). Late enough
-# that the replicas are warm, long enough to see; the live phase must outlast them.
-# (kind, start after the live phase starts in s, duration in s, magnitude or None: the
-# kind's default). Exfiltration ramps bytes_out up to 1 + magnitude times its normal rate at
-# the end; at the default 3 a minute is too short for it to stand out.
+# in s, magnitude or None: the kind's default), each on its own device (spread over the
+# fleet by ``incident_devices``). Late enough that the replicas are warm, long enough to
+# see; the live phase must outlast them. Exfiltration ramps bytes_out up to 1 + magnitude
+# times its normal rate at the end; at the default 3 a minute is too short to stand out.
 INCIDENTS = (("ddos_burst", 20, 30, None), ("latency_spike", 25, 30, None), ("link_down", 30, 25, None),
              ("slow_exfiltration", 10, 55, 12.0))
 MIN_SECONDS = max(s + d for _, s, d, _ in INCIDENTS) + 10
@@ -224,11 +223,12 @@ def start_ray(verbose: bool, log_path: Path) -> str | None:
     """A local Ray (or the ``RAY_ADDRESS`` one), quiet unless ``--verbose``; its dashboard URL."""
     import ray
 
+    from jobs._ray import quiet_train_and_data
+
     if not verbose:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the core worker's C++ lines
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
-        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        quiet_train_and_data()
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     level = logging.INFO if verbose else logging.ERROR

@@ -27,8 +27,7 @@ def fit_detector(train: pd.DataFrame, config: EyeNetConfig, *, source: str, tune
                  tune_kw: dict[str, Any] | None = None) -> tuple[Detector, dict[str, Any]]:
     """Train on Ray (tuned or not); errors about the data name ``source``. Kinds without a
     network (pca, kmeans) fit in this process in seconds and never start Ray."""
-    from jobs._ray import ensure_ray, started_here
-    from jobs.cluster import usable_gpus
+    from jobs._ray import ensure_ray, gpus_for
     from jobs.ray_train import train_on_ray
     from jobs.ray_tune import tune_detector
 
@@ -43,7 +42,7 @@ def fit_detector(train: pd.DataFrame, config: EyeNetConfig, *, source: str, tune
     if not config.detector.needs_network:
         return detector.finish(None, data), {}
     ensure_ray(config=config)
-    gpus = usable_gpus(gpus, config.cluster.gpu_wait_s, started_here=started_here()).gpus
+    gpus = gpus_for(config, gpus)
     storage = config.cluster.train_storage_path
     if tune:
         detector, params, trials_table = tune_detector(

@@ -321,11 +321,11 @@ def train_datasets_on_ray(detector: Detector, datasets: dict[str, Any], n_featur
     return fit_result_from_checkpoint(result.checkpoint, time.perf_counter() - started)
 
 
-def run_storage(storage_path: str | None) -> str:
-    """Ray Train's run storage: a URI as given, a path made absolute (Ray wants one), or a
-    fresh temporary directory on this node."""
+def run_storage(storage_path: str | None, prefix: str = "eyenet-train-") -> str:
+    """Ray Train's (or Tune's) run storage: a URI as given, a path made absolute (Ray wants
+    one), or a fresh temporary directory on this node named ``prefix...``."""
     if storage_path is None:
-        return tempfile.mkdtemp(prefix="eyenet-train-")
+        return tempfile.mkdtemp(prefix=prefix)
     return storage_path if "://" in storage_path else os.path.abspath(storage_path)
 
 

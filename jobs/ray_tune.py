@@ -11,7 +11,6 @@ Run as a job: ``python -m jobs.tune --train-csv FILE.csv --trials 8 --time-budge
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -59,12 +58,11 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
                   max_epochs: int | None = None, search_space: dict[str, Any] | None = None,
                   storage_path: str | None = None,
                   on_trial_result: TrialResultHook | None = None,
-                  concurrent_trials: int | None = None,
                   ) -> tuple[Detector, dict[str, Any], list[dict[str, Any]]]:
     """Returns (best fitted detector, its parameters, one summary row per trial).
     ``on_trial_result(trial_id, params, result)`` hears every epoch a trial reports, in
-    this process (a progress display). ``concurrent_trials``: trials at once (default: as
-    many as give each trial's workers a CPU apiece, leaving Ray Data its share)."""
+    this process (a progress display). As many trials run at once as give each trial's
+    workers a CPU apiece, leaving Ray Data its share."""
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
@@ -75,7 +73,7 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
         raise EyeNetError(f"trials must be >= 1, got {trials}")
     if time_budget_s <= 0:
         raise EyeNetError(f"time budget must be > 0 s, got {time_budget_s}")
-    storage = run_storage(storage_path) if storage_path else tempfile.mkdtemp(prefix="eyenet-tune-")
+    storage = run_storage(storage_path, prefix="eyenet-tune-")
     frame_ref = ray.put(frame)
     base = config.detector.model_dump()
     epochs = max_epochs or config.detector.max_epochs
@@ -90,7 +88,7 @@ def tune_detector(frame: pd.DataFrame, config: EyeNetConfig, *, trials: int = 8,
                      cpus_per_worker=per_worker)
 
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    concurrent = concurrent_trials or max(1, int((cpus - DATA_RESERVE_CPUS) // (workers + TRIAL_DRIVER_CPU)))
+    concurrent = max(1, int((cpus - DATA_RESERVE_CPUS) // (workers + TRIAL_DRIVER_CPU)))
     # Half the share: a finished trial's Train actors release their CPUs lazily, and the next
     # trial must not wait on them.
     per_worker = worker_cpus(workers, share_of_cluster=0.5 / concurrent)

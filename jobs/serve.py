@@ -36,8 +36,7 @@ def check_exposure(config: EyeNetConfig, insecure: bool) -> None:
 def run_serve(config: EyeNetConfig, detach: bool = False, insecure: bool = False) -> dict[str, Any]:
     from ray import serve
 
-    from jobs._ray import ensure_ray, started_here
-    from jobs.cluster import usable_gpus
+    from jobs._ray import ensure_ray, gpus_for
     from serve_app.deployments import APP_NAME, build_app
 
     check_exposure(config, insecure)
@@ -47,8 +46,7 @@ def run_serve(config: EyeNetConfig, detach: bool = False, insecure: bool = False
                             "it (`eyenet models promote VERSION`)")
     ensure_ray(config=config)
     if config.serve.num_gpus:  # waits for a GPU node, or places the replicas on CPUs
-        gpus = usable_gpus(config.serve.num_gpus, config.cluster.gpu_wait_s,
-                           started_here=started_here(), what="the detector replicas").gpus
+        gpus = gpus_for(config, config.serve.num_gpus, what="the detector replicas")
         config = config.model_copy(update={"serve": config.serve.model_copy(update={"num_gpus": gpus})})
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")

@@ -39,7 +39,7 @@ from jobs.train_store import fit_from_store
 def run_train(config: EyeNetConfig, options: TrainOptions,
               tune_kw: dict[str, Any] | None = None) -> ModelVersion:
     """``tune_kw``: with ``--tune``, more of :func:`jobs.ray_tune.tune_detector`'s options
-    (a progress hook, a search space, how many trials at once)."""
+    (a progress hook, a search space)."""
     store = open_store(config.store_uri)
     if options.train_csv:
         frame, metrics = read_metric_csv(options.train_csv)

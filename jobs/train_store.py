@@ -81,8 +81,7 @@ def fit_from_store(store: Any, config: EyeNetConfig, *, devices: list[str] | Non
                    since: Any = None, until: Any = None, workers: int = 1, gpus: float = 0,
                    max_epochs: int | None = None) -> Detector:
     """Prepare in the driver, train on Ray from Ray Data datasets read in tasks, calibrate."""
-    from jobs._ray import ensure_ray, started_here
-    from jobs.cluster import usable_gpus
+    from jobs._ray import ensure_ray, gpus_for
     from jobs.ray_train import store_split_datasets, train_datasets_on_ray
 
     source = f"store {config.store_uri}"
@@ -90,7 +89,7 @@ def fit_from_store(store: Any, config: EyeNetConfig, *, devices: list[str] | Non
     plan = prepare_from_store(store, detector, config, devices=devices, since=since, until=until,
                               source=source)
     ensure_ray(config=config)
-    gpus = usable_gpus(gpus, config.cluster.gpu_wait_s, started_here=started_here()).gpus
+    gpus = gpus_for(config, gpus)
     datasets = store_split_datasets(config.store_uri, detector, plan.splits, SPAN_MS, plan.incidents)
     result = train_datasets_on_ray(detector, datasets, len(detector.feature_names), workers=workers,
                                    gpus=gpus, max_epochs=max_epochs,

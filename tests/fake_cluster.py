@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from tests.helpers import free_port, processes_naming
+
 RAY_CLI = Path(sys.executable).with_name("ray")
 # `ray start` records the newest cluster here, and a later ray.init() without an address
 # joins it; the suite's other tests must not find the fake cluster (or its corpse) there.
@@ -32,12 +33,6 @@ CURRENT_CLUSTER_FILE = Path("/tmp/ray/ray_current_cluster")
 EMPTY_LISTS = ["initialization_commands", "setup_commands", "head_setup_commands",
                "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands",
                "cluster_synced_files", "rsync_exclude", "rsync_filter"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fake_config(cluster_yaml: Path, gcs_port: int, idle_timeout_minutes: float) -> dict[str, Any]:
@@ -106,18 +101,9 @@ class FakeAutoscalingCluster:
 
     def shutdown(self) -> None:
         """Kill every process of this cluster (found by its GCS port) and nothing else."""
-        needle = f":{self.gcs_port}".encode()
         for attempt in range(3):
-            found = []
-            for proc in Path("/proc").iterdir():
-                if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                    continue
-                try:
-                    cmdline = (proc / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if needle in cmdline or f"gcs_server_port={self.gcs_port}".encode() in cmdline:
-                    found.append(int(proc.name))
+            found = {pid for text in (f":{self.gcs_port}", f"gcs_server_port={self.gcs_port}")
+                     for pid, _ in processes_naming(text)}
             for pid in found:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

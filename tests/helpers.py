@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -165,3 +167,24 @@ def live_scorer(detector: Any, tmp_path: Any, metrics: list[str]) -> tuple[Any, 
     store = open_store(f"sqlite:///{tmp_path}/live.db")
     config = EyeNetConfig(metrics=metrics, counter_metrics=[], detector=detector.config.model_dump())
     return store, LiveScorer(detector, store, config, now_s=Clock())
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (at the time of asking)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def processes_naming(text: str) -> list[tuple[int, str]]:
+    """(pid, command line) of this machine's other processes whose command line holds
+    ``text`` (a Ray session directory, a GCS port)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if text in cmdline and int(proc.name) != os.getpid():
+            found.append((int(proc.name), cmdline))
+    return found

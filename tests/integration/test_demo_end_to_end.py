@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from jobs.demo import MIN_SECONDS, incident_devices
+from tests.helpers import free_port, processes_naming
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,23 +27,10 @@ MAX_QUIET_DEVICES_ALERTING = 2
 DEVICES = 20  # the default fleet: what a new user meets (a smaller one trains a weaker model)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def processes_under(path: str) -> list[str]:
     """Ray processes (raylet, GCS, workers) whose command line names ``path`` (their session)."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # gone meanwhile
-            continue
-        if path in cmdline and int(proc.name) != os.getpid():
-            found.append(f"{proc.name} {cmdline[:120]}")
-    return found
+    return [f"{pid} {cmdline[:120]}" for pid, cmdline in processes_naming(path)]
 
 
 def test_demo_finds_every_incident_and_leaves_nothing_running(tmp_path):

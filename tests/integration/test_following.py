@@ -9,7 +9,6 @@ which is the case that used to keep it without a drift reference forever.
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from tests.synthetic import DEVICES, SEED, make_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -30,11 +29,6 @@ def register(registry: ModelRegistry, model_dir: Path, copy: Path) -> int:
     shutil.copytree(model_dir, copy)  # a version of its own, same weights: what switches is the version
     return registry.register(copy).version
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_pool_replicas_and_monitor_follow_a_promotion_and_a_rollback(tmp_path, trained_model):

@@ -6,8 +6,6 @@ training job is in test_cluster_autoscaling (on a cluster started with ``ray sta
 
 from __future__ import annotations
 
-import socket
-
 import pandas as pd
 import pytest
 import yaml
@@ -17,7 +15,7 @@ from eyenet.detection.detector import Detector
 from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
 from jobs.cli import main
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from tests.ray_jobs import job_status, submit
 from tests.synthetic import METRICS, telemetry
 
@@ -51,9 +49,7 @@ def test_submitted_jobs_promote_deploy_and_answer(ray_cluster, cluster_config):
     assert promoted.returncode == 0 and "v1 is now production" in promoted.stdout, promoted.stdout[-2000:]
     live = history.tail(60)  # the live window /v1/predict reads
     store.write_samples(live.assign(label=pd.array([None] * len(live), dtype="Int8")))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     deployed, job_id = submit(address, "jobs.deploy", "--config", str(path), "--host", "127.0.0.1",
                               "--port", str(port))
     try:

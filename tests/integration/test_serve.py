@@ -3,7 +3,6 @@ in-process detector, bad input gets a 4xx, the replica survives it."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import httpx2 as httpx
@@ -14,16 +13,11 @@ from eyenet.config import EyeNetConfig
 from eyenet.detection.detector import Detector
 from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from tests.synthetic import METRICS, config, promoted_store, telemetry
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

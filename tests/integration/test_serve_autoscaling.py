@@ -11,7 +11,6 @@ report or two; the test polls the replica count, it never sleeps a fixed time.
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import httpx2 as httpx
 import pytest
 
 from eyenet.detection.detector import Detector
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from tests.synthetic import METRICS, config, promoted_store, telemetry
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -29,11 +28,6 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 LOAD_CLIENTS = 8  # in flight at once: 8 ongoing / target 2 asks for 4 replicas, capped at 2
 SCALE_TIMEOUT_S = 180.0  # a report every 10 s, a replica start (torch import, model load) on 2 busy cores
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +11,7 @@ from typing import ClassVar
 import pytest
 
 from jobs.cli import main
+from tests.helpers import free_port
 
 ANSWER = {"device_id": "dev-1", "is_anomaly": True, "anomaly_score": 0.97, "threshold": 0.5,
           "model_version": 3, "timestamp": "2026-12-01T00:00:00Z", "top_features": ["latency"],
@@ -68,9 +68,7 @@ def test_the_apis_error_names_the_device_and_what_the_api_said(api, monkeypatch,
 
 
 def test_no_api_and_a_bad_url_are_one_line_each(capsys):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
     assert main(["predict", "dev-1", "--url", f"http://127.0.0.1:{port}"]) == 1
     assert "no EyeNet API at" in capsys.readouterr().err
     assert main(["predict", "dev-1", "--url", "ftp://x"]) == 2
