@@ -81,6 +81,8 @@ class FakeAutoscalingCluster:
         try:
             subprocess.run([str(RAY_CLI), "start", "--head", f"--port={self.gcs_port}",
                             f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true",
+                            # not the default agent port: the suite's cluster, started next, needs it
+                            f"--dashboard-agent-listen-port={free_port()}",
                             f"--num-cpus={int(head.get('CPU', 1))}", f"--num-gpus={int(head.get('GPU', 0))}",
                             f"--autoscaling-config={self.config_file}", "--disable-usage-stats"],
                            env=self.env, check=True, capture_output=True, text=True, timeout=120)
