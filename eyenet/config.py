@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eyenet.errors import ConfigError
+from eyenet.sources.specs import DeviceSpec, check_devices
 
 DEFAULT_MODEL_NAME = "eyenet-detector"  # the registry name every job and actor uses unless told
 DEFAULT_METRICS = ["bytes_in", "bytes_out", "packets_in", "packets_out", "latency"]
@@ -313,6 +314,10 @@ class EyeNetConfig(_Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    devices: list[DeviceSpec] = Field(
+        default_factory=list, description="real devices and their sources (SNMP, node_exporter, "
+                                          "Prometheus queries, a latency probe), polled by "
+                                          "`eyenet ingest --source devices`; see eyenet/sources/specs.py")
 
     @model_validator(mode="before")
     @classmethod
@@ -354,6 +359,7 @@ class EyeNetConfig(_Section):
         bad = {m: v for m, v in self.metric_max.items() if not v > 0}
         if bad:
             raise ValueError(f"metric_max values must be > 0, got {bad}")
+        check_devices(self.devices, self.metrics, self.counter_metrics)
         return self
 
     @model_validator(mode="after")

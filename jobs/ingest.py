@@ -41,6 +41,8 @@ def source_options(args: IngestOptions, now_s: float) -> tuple[dict[str, Any], i
     start_ms = origin_ms - int(args.history_s * 1000) if args.history_s else None
     if args.source == "replay":
         return {"paths": list(args.files), "speed": args.speed, "origin_wall_s": now_s}, None
+    if args.source == "devices":  # the config's devices: live, so no history and no clock of its own
+        return {}, None
     options: dict[str, Any] = {"devices": args.devices, "seed": args.seed, "speed": args.speed,
                                "origin_wall_s": now_s, "garbage_rate": args.garbage_rate,
                                "incident_rate_per_device_day": args.incident_rate}

@@ -26,7 +26,7 @@ from eyenet.errors import ConfigError, EyeNetError
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 DATASETS = ("smd", "nab")
-INGEST_SOURCES = ("simulated", "replay")
+INGEST_SOURCES = ("simulated", "replay", "devices")
 
 
 def opt(default: Any, help: str, *, flag: str | None = None, positional: bool = False,

@@ -13,6 +13,12 @@ holds. ``now_ms()`` says how far the source's timeline has got, so a poll is
 Samples come back raw, as a device would send them: counters cumulative, values possibly
 NaN, text or negative. Cleaning them is :mod:`eyenet.telemetry`'s job, not the source's.
 
+*Live* sources (SNMP agents, a node_exporter scrape) can only read the present: a fetch
+whose range ends now returns one reading per device stamped at ``until_ms``, and a range
+wholly in the past returns nothing. A restarted collector cannot recover a reading it
+never stored, but what it stored stays exactly-once and its counter baselines (saved with
+the cursors) carry the rates on. A Prometheus range query is deterministic again.
+
 A failure of the whole source raises :class:`SourceError`; one device failing lands in
 ``FetchResult.failed`` so that the other devices still make progress.
 """
@@ -31,7 +37,7 @@ import pandas as pd
 from eyenet.errors import SourceError
 from eyenet.telemetry.schema import DEVICE, LABEL, TIMESTAMP
 
-SOURCE_KINDS = ("simulated", "replay")
+SOURCE_KINDS = ("simulated", "replay", "devices")
 
 
 @dataclass
@@ -45,6 +51,11 @@ class FetchResult:
 
     samples: pd.DataFrame
     failed: dict[str, str] = field(default_factory=dict)
+    # what a live source knows of a device's counters: their width where it is not the
+    # config's (an SNMP agent polled on 32-bit counters), and devices whose counters
+    # restarted before these samples (the agent's uptime went back)
+    counter_bits: dict[str, int] = field(default_factory=dict)
+    discontinuous: set[str] = field(default_factory=set)
 
 
 class Source(ABC):

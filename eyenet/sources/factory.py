@@ -8,6 +8,7 @@ from typing import Any
 from eyenet.config import EyeNetConfig
 from eyenet.errors import SourceError
 from eyenet.sources.base import SOURCE_KINDS, Source
+from eyenet.sources.devices import DeviceSource
 from eyenet.sources.replay import ReplaySource
 from eyenet.sources.simulator import SimulatedSource
 
@@ -23,6 +24,8 @@ def build_source(kind: str, config: EyeNetConfig, **options: Any) -> Source:
         cls = SimulatedSource
     elif kind == "replay":
         cls = ReplaySource
+    elif kind == "devices":
+        cls = DeviceSource
     else:
         raise SourceError(f"unknown source kind {kind!r}; choose one of {', '.join(SOURCE_KINDS)}",
                           source=str(kind))

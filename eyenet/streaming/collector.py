@@ -177,6 +177,8 @@ class Collector:
             caught_up &= end >= until_ms
             due.setdefault((since, end), []).append(device)
         frames = []
+        counter_bits: dict[str, int] = {}
+        discontinuous: set[str] = set()
         for (since, end), devices in due.items():
             try:
                 fetched = self.source.fetch(devices, since, end)
@@ -194,6 +196,8 @@ class Collector:
                 else:
                     self._backoff.pop(device, None)
                     self.cursor_ms[device] = end
+            counter_bits.update(fetched.counter_bits)
+            discontinuous |= fetched.discontinuous
             samples = fetched.samples
             if len(samples) and fetched.failed:
                 samples = samples[~samples[DEVICE].isin(list(fetched.failed))]
@@ -204,7 +208,7 @@ class Collector:
         raw = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         if raw.empty:
             return None, caught_up
-        checked = self.validator.validate(raw)
+        checked = self.validator.validate(raw, counter_bits, discontinuous)
         self.repaired.update(checked.repaired_counts)
         self.rejected.update(checked.rejected_counts)
         self.totals["fetched"] += len(raw)

@@ -40,7 +40,15 @@ counter decreased, and      repair     ``counter_wrap:m``: delta = value + 2**bi
                                        rrdtool's rule)
 counter decreased otherwise repair     ``counter_reset:m``: the device restarted counting
                                        from 0, so delta = value (Prometheus' rule)
+source says discontinuity   repair     ``counter_discontinuity:m``: the device's first
+  (SNMP agent restarted)               sample after it becomes the new baseline, rate
+                                       missing: after an agent restart the counters may or
+                                       may not have restarted from 0 (RFC 2863's
+                                       ifCounterDiscontinuityTime), so no delta is trusted
 ==========================  =========  ===================================================
+
+The counter width is ``config.counter_bits`` unless the source says per device (an SNMP
+agent without 64-bit ``ifHC*`` counters is polled on its 32-bit ones).
 
 Counter metrics leave the validator as per-second rates; gauges pass through.
 """
@@ -49,7 +57,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +124,12 @@ class TelemetryValidator:
     def restore(self, device_id: str, state: DeviceState) -> None:
         self._state[device_id] = state
 
-    def validate(self, samples: Iterable[Mapping[str, Any]] | pd.DataFrame) -> ValidationResult:
+    def validate(self, samples: Iterable[Mapping[str, Any]] | pd.DataFrame,
+                 counter_bits: Mapping[str, int] | None = None,
+                 discontinuous: Collection[str] = ()) -> ValidationResult:
+        """``counter_bits``: counter width per device where the source knows it;
+        ``discontinuous``: devices whose counters the source says restarted before these
+        samples (see the module's table)."""
         original = samples if isinstance(samples, pd.DataFrame) else None
         raw = frame_from_records(samples, self.metrics)
         ignored = [] if original is None else [
@@ -155,7 +168,11 @@ class TelemetryValidator:
         order_before = frame.index.to_numpy()
         frame = frame.sort_values([DEVICE, "_ts_ms"], kind="stable")
         self._count_reordered(frame, order_before, repaired)
-        self._counter_rates(frame, repaired)
+        restarted = {d for d in discontinuous if d in self._state and self._state[d].counter_raw}
+        for device_id in restarted:  # no delta across the discontinuity: the next value is a baseline
+            self._state[device_id].counter_raw.clear()
+            self._state[device_id].counter_ts_ms.clear()
+        self._counter_rates(frame, repaired, counter_bits or {}, restarted)
         self._remember(frame)
 
         rejected = raw[reasons.notna()].copy()
@@ -222,7 +239,8 @@ class TelemetryValidator:
             repaired["late"] += int(late.sum())
         return late
 
-    def _counter_rates(self, frame: pd.DataFrame, repaired: Counter[str]) -> None:
+    def _counter_rates(self, frame: pd.DataFrame, repaired: Counter[str], counter_bits: Mapping[str, int],
+                       restarted: set[str]) -> None:
         """Replace raw counters by per-second rates in place (frame sorted by device, time).
 
         Late samples sit outside the rate chain: their interval was already accounted for.
@@ -240,7 +258,10 @@ class TelemetryValidator:
         if n_gaps:
             repaired["gap"] += n_gaps
 
-        wrap = 2.0 ** self.config.counter_bits
+        wrap: float | pd.Series = 2.0 ** self.config.counter_bits
+        if counter_bits:
+            wrap = 2.0 ** dev.map(counter_bits).fillna(self.config.counter_bits).astype("float64")
+        after_restart = dev.isin(restarted) if restarted else pd.Series(False, index=dev.index)
         for m in self.counters:
             max_rate = self.config.metric_limit(m)
             late_values = frame["_late"] & frame[m].notna()
@@ -268,7 +289,9 @@ class TelemetryValidator:
             baseline = has & prev.isna()
             gap = has & ~baseline & ((ts - prev_ts) > gap_ms)
             absurd = has & ~baseline & ~gap & (rate > max_rate)
-            for reason, mask in (("counter_baseline", baseline), ("counter_gap", gap),
+            for reason, mask in (("counter_baseline", baseline & ~after_restart),
+                                 ("counter_discontinuity", baseline & after_restart),
+                                 ("counter_gap", gap),
                                  ("counter_wrap", is_wrap & ~gap), ("counter_reset", is_reset & ~gap),
                                  ("metric_absurd", absurd)):
                 n = int(mask.sum())
