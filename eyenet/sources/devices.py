@@ -45,7 +45,8 @@ class DeviceSource(Source):
     name = "devices"
 
     def __init__(self, config: EyeNetConfig, device_ids: Sequence[str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, snmp_poller: SnmpPoller | None = None) -> None:
+        """``snmp_poller``: the agents' reader (tests replay recorded answers through one)."""
         self.metrics = list(config.metrics)
         self.interval_s = config.sample_interval_s
         self._clock = clock
@@ -64,7 +65,7 @@ class DeviceSource(Source):
         self.poll_errors: Counter[str] = Counter()   # by device kind
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._poller: SnmpPoller | None = None
+        self._poller: SnmpPoller | None = snmp_poller
         self._session: aiohttp.ClientSession | None = None
 
     def update_devices(self, specs: Sequence[DeviceSpec]) -> None:
@@ -105,6 +106,8 @@ class DeviceSource(Source):
             return
         if self._session is not None:
             self._run(self._session.close(), 10.0)
+        if isinstance(self._poller, SnmpPoller):
+            self._run(self._poller.close(), 10.0)
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10.0)
@@ -143,7 +146,8 @@ class DeviceSource(Source):
     async def _fetch_all(self, device_ids: list[str], since_ms: int, until_ms: int, live_due: bool,
                          result: FetchResult) -> list[dict[str, Any]]:
         if self._poller is None:
-            self._poller = SnmpPoller()
+            self._poller = SnmpPoller()   # on this loop: pysnmp's engine binds to the running loop
+        if self._session is None:
             self._session = aiohttp.ClientSession()
         limit = asyncio.Semaphore(POLL_CONCURRENCY)
         rows: list[dict[str, Any]] = []

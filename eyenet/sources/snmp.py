@@ -12,6 +12,7 @@ the device's interfaces) and the agent's uptime; the telemetry rules take it fro
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,11 @@ class SnmpPoller:
         # see each column end) instead of max_repetitions; decoding the rows an agent sends
         # past a table's end is most of a poll's CPU (pyasn1 costs ~0.3 ms per varbind)
         self._rows: dict[str, int] = {}
+
+    async def close(self) -> None:
+        """Close the engine's transports and cancel its timer task (on the poller's loop)."""
+        self.engine.close_dispatcher()
+        await asyncio.sleep(0)   # let the cancelled timer task finish before the loop closes
 
     async def poll(self, device_id: str, spec: SnmpSpec, credentials: Any) -> SnmpReading:
         where = f"SNMP agent {spec.host}:{spec.port}"

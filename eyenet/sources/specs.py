@@ -198,19 +198,19 @@ def check_devices(devices: list[DeviceSpec], metrics: list[str], counter_metrics
     """Cross-checks the config makes once: unique ids; mapped metrics are configured; a
     probe fills ``latency`` only if it is a metric; SNMP counters only feed counter metrics."""
     seen: set[str] = set()
-    for spec in devices:
+    for i, spec in enumerate(devices):
+        where = f"devices[{i}] (id {spec.id!r})"
         if spec.id in seen:
-            raise ValueError(f"device id {spec.id!r} is listed twice")
+            raise ValueError(f"{where}: device id {spec.id!r} is listed twice")
         seen.add(spec.id)
         for metric in spec.mapped_metrics():
             if metric not in metrics:
-                raise ValueError(f"device {spec.id!r} maps metric {metric!r}, which is not in "
-                                 f"metrics {metrics}")
+                raise ValueError(f"{where} maps metric {metric!r}, which is not in metrics {metrics}")
             if (spec.snmp or spec.node_exporter) and metric not in counter_metrics:
-                raise ValueError(f"device {spec.id!r}: {metric!r} is read from a counter, so it must "
-                                 f"be in counter_metrics {counter_metrics}")
+                raise ValueError(f"{where}: {metric!r} is read from a counter, so it must be in "
+                                 f"counter_metrics {counter_metrics}")
         if spec.latency_probe and "latency" not in metrics:
-            raise ValueError(f"device {spec.id!r} has a latency_probe but 'latency' is not in metrics")
+            raise ValueError(f"{where} has a latency_probe but 'latency' is not in metrics")
 
 
 def secret(env_name: str | None, what: str, device_id: str) -> str:

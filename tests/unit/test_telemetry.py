@@ -199,3 +199,33 @@ def test_timestamps_parse_to_utc():
                                    pd.Timestamp("2026-01-01 00:00:00", tz="UTC"),
                                    pd.Timestamp(0, unit="s", tz="UTC")]
     assert pd.isna(parsed.iloc[3])
+
+
+def test_a_device_the_source_says_is_32_bit_wraps_at_2_to_the_32_while_others_stay_64_bit():
+    v = validator(counter_bits=64)
+    batch = [counters(T, "old", c=2**32 - 100), counters(T + 1, "old", c=50),
+             counters(T, "new", c=2**32 - 100), counters(T + 1, "new", c=50)]
+    r = v.validate(batch, counter_bits={"old": 32})
+    rates = r.accepted.set_index("device_id")["bytes_in"].dropna()
+    assert rates["old"] == 150.0                      # wrapped at 2**32
+    assert rates["new"] == 50.0                       # 64-bit: a decrease that no wrap explains is a reset
+    assert r.repaired_counts["counter_wrap:bytes_in"] == 1
+    assert r.repaired_counts["counter_reset:bytes_in"] == 1
+
+
+def test_a_discontinuity_the_source_reports_makes_a_new_baseline_instead_of_a_rate():
+    v = validator()
+    v.validate([counters(T, c=1000), counters(T + 1, c=2000)])
+    # the agent restarted between polls; its counter kept counting (a kernel counter), so a
+    # plain delta would look plausible, yet RFC 2863 says no delta across it is trusted
+    r = v.validate([counters(T + 2, c=2500), counters(T + 3, c=2600)], discontinuous={"r1"})
+    assert np.isnan(r.accepted["bytes_in"].iloc[0])
+    assert r.accepted["bytes_in"].iloc[1] == 100.0
+    assert r.repaired_counts["counter_discontinuity:bytes_in"] == 1
+    assert r.repaired_counts["counter_baseline:bytes_in"] == 0
+
+
+def test_a_discontinuity_on_a_device_never_seen_is_just_its_baseline():
+    r = validator().validate([counters(T, c=10)], discontinuous={"r1"})
+    assert r.repaired_counts["counter_baseline:bytes_in"] == 1
+    assert r.repaired_counts["counter_discontinuity:bytes_in"] == 0
