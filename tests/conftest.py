@@ -69,3 +69,18 @@ def store(backend: Backend) -> Iterator[Store]:
     s = backend.open()
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def components():
+    """Real snmpd, node_exporter and Prometheus (tests/components.py): the ones `.ci/run`
+    started (named by EYENET_TEST_*), else started here for this session and stopped after."""
+    import shutil
+
+    from tests.components import require_components
+
+    running = require_components()
+    yield running
+    if running.started_here:
+        running.stop()
+        shutil.rmtree(running.dir, ignore_errors=True)  # a temp dir of its own
