@@ -23,6 +23,7 @@ from eyenet.config import EyeNetConfig
 from eyenet.errors import PipelineError
 from eyenet.models.registry import DEFAULT_MODEL_NAME, ModelRegistry
 from eyenet.sources.factory import build_source
+from eyenet.sources.specs import DeviceSpec
 from eyenet.store import open_store
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,12 @@ class Pipeline:
     feature_actors: list[Any] = field(default_factory=list)
     monitor: Any = None
     scoring: bool = True
+    source_kind: str = "simulated"
+    source_options: dict[str, Any] = field(default_factory=dict)
+    start_ms: int | None = None
+    names: list[str] = field(default_factory=list)     # each collector's name (its state key)
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    restarts: int = 0
 
     def collector_of(self, device_id: str) -> Any:
         for handle, group in zip(self.collectors, self.groups, strict=True):
@@ -72,6 +79,63 @@ class Pipeline:
         parts = split_by_device(frame, len(self.feature_actors))
         return ray.get([a.score_frame.remote(p) for a, p in zip(self.feature_actors, parts, strict=False)],
                        timeout=timeout_s)
+
+    def start_collector(self, name: str, group: list[str]) -> Any:
+        import ray
+
+        self.restarts += 1   # a fresh actor name each time: a killed actor's name frees up late
+        return (ray.remote(CollectorActor)
+                .options(num_cpus=COLLECTOR_CPUS, max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES,
+                         namespace=NAMESPACE, name=f"{COLLECTOR_PREFIX}{name}-{self.run}-{self.restarts}")
+                .remote(self.config.to_dict(), self.source_kind, self.source_options, group, name,
+                        self.feature_actors, self.start_ms))
+
+    def reload_devices(self, devices: list[DeviceSpec], timeout_s: float = 60.0) -> dict[str, list[str]]:
+        """Poll this device list from now on (``--source devices``), without a restart.
+
+        Groups stay where they are (a collector's cursors and counter baselines are kept in
+        the store under its name): only a collector that loses a device or holds one whose
+        entry changed is replaced, after it stopped and saved its state; new devices fill
+        the last group with room, then new collectors. Devices left alone keep polling.
+        """
+        import ray
+
+        if self.source_kind != "devices":
+            raise PipelineError(f"only --source devices reloads its device list, not {self.source_kind}")
+        data = self.config.to_dict()
+        data["devices"] = [spec.model_dump(mode="json") for spec in devices]
+        config = EyeNetConfig.from_dict(data)   # the cross-checks, before anything changes
+        old = {spec.id: spec for spec in self.config.devices}
+        new = {spec.id: spec for spec in config.devices}
+        removed = sorted(set(old) - set(new))
+        changed = sorted(d for d in set(old) & set(new) if old[d] != new[d])
+        added = sorted(set(new) - set(old))
+        self.config = config
+        per_actor = config.streaming.devices_per_actor
+        groups = [[d for d in group if d in new] for group in self.groups]
+        touched = {i for i, group in enumerate(self.groups) if set(group) & set(removed + changed)}
+        for device in added:
+            room = [i for i, g in enumerate(groups) if len(g) < per_actor]
+            if not room:
+                groups.append([])
+                self.names.append(f"{self.source_kind}-{len(self.names)}")
+                self.collectors.append(None)
+                room = [len(groups) - 1]
+            groups[room[-1]].append(device)
+            touched.add(room[-1])
+        for i in sorted(touched):
+            if self.collectors[i] is not None:
+                ray.get(self.collectors[i].stop.remote(), timeout=timeout_s)
+                ray.kill(self.collectors[i])
+            self.collectors[i] = self.start_collector(self.names[i], groups[i]) if groups[i] else None
+        keep = [i for i, g in enumerate(groups) if g]
+        self.groups = [groups[i] for i in keep]
+        self.collectors = [self.collectors[i] for i in keep]
+        self.names = [self.names[i] for i in keep]
+        log.info("device list reloaded: %d added, %d removed, %d changed; %d collectors replaced",
+                 len(added), len(removed), len(changed), len(touched))
+        return {"added": added, "removed": removed, "changed": changed,
+                "collectors_replaced": [self.names[i] for i in sorted(touched) if i in keep]}
 
     def stop(self, timeout_s: float = 60.0, keep_scorers: bool = False) -> dict[str, Any]:
         """Stop collecting, let scoring drain, close open anomaly episodes, free the actors
@@ -124,12 +188,9 @@ def start_pipeline(config: EyeNetConfig, source_kind: str, source_options: dict[
             feature_actors = [remote.remote(config.to_dict(), model_name, production.version, monitor)
                               for _ in range(config.streaming.feature_actors)]
     groups = device_groups(devices, config.streaming.devices_per_actor)
-    remote = ray.remote(CollectorActor)
-    run = uuid.uuid4().hex[:8]  # two pipelines at once must not clash on actor names
-    collectors = [remote.options(num_cpus=COLLECTOR_CPUS, max_restarts=ACTOR_RESTARTS,
-                                 max_task_retries=TASK_RETRIES, namespace=NAMESPACE,
-                                 name=f"{COLLECTOR_PREFIX}{source_kind}-{i}-{run}")
-                  .remote(config.to_dict(), source_kind, source_options, group, f"{source_kind}-{i}",
-                          feature_actors, start_ms)
-                  for i, group in enumerate(groups)]
-    return Pipeline(config, collectors, groups, feature_actors, monitor, score)
+    # the run id keeps two pipelines at once from clashing on actor names
+    pipeline = Pipeline(config, [], groups, feature_actors, monitor, score, source_kind, source_options,
+                        start_ms, names=[f"{source_kind}-{i}" for i in range(len(groups))])
+    pipeline.collectors = [pipeline.start_collector(name, group)
+                           for name, group in zip(pipeline.names, groups, strict=True)]
+    return pipeline

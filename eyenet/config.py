@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from eyenet.errors import ConfigError
 from eyenet.sources.specs import DeviceSpec, check_devices
@@ -382,6 +390,13 @@ class EyeNetConfig(_Section):
         """Silence longer than this is a gap (explicit ``max_gap_s`` or 3 sample intervals)."""
         return self.max_gap_s if self.max_gap_s is not None else 3.0 * self.sample_interval_s
 
+    # the YAML file load_config read, so a running pipeline can re-read its device list
+    _loaded_from: str | None = PrivateAttr(None)
+
+    @property
+    def loaded_from(self) -> str | None:
+        return self._loaded_from
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -417,7 +432,9 @@ def load_config(path: str | os.PathLike[str] | None = None,
                 raise ConfigError(f"{key}: {'.'.join(parts[:-1])} is not a section", key, raw)
         target[parts[-1]] = _parse_env_value(key, parts, raw)
         sources[".".join(parts)] = key
-    return EyeNetConfig.from_dict(data, sources)
+    config = EyeNetConfig.from_dict(data, sources)
+    config._loaded_from = str(path) if path else None
+    return config
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -4,18 +4,25 @@
 generate (simulated) or read (replay) that much history as fast as the machine allows,
 then follow the live clock; ``--until-caught-up`` stops there (history for training).
 Otherwise it runs for ``--seconds`` or until interrupted, printing progress.
+
+``--source devices`` polls the config's ``devices`` (SNMP agents, node_exporters,
+Prometheus queries); editing the config file, or ``kill -HUP`` of this process, reloads
+the device list without restarting the pipeline.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import signal
+import threading
 import time
 from typing import Any
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError
 from eyenet.sources.incidents import Incident
+from eyenet.sources.watch import DeviceListWatch
 from jobs.options import IngestOptions, job_main
 
 PROGRESS_EVERY_S = 10.0
@@ -61,11 +68,14 @@ def run_ingest(config: EyeNetConfig, args: IngestOptions) -> dict[str, Any]:
     build_source(args.source, config, **options).close()  # bad options fail here, before Ray starts
     ensure_ray()
     pipeline = start_pipeline(config, args.source, options, start_ms=start_ms, score=not args.no_score)
+    watch = reload_on_change(config) if args.source == "devices" else None
     started = time.time()
     next_progress = started + PROGRESS_EVERY_S
     try:
         while True:
             time.sleep(1.0)  # the driver only watches; the actors do the work
+            if watch is not None:
+                reload_devices(pipeline, watch)
             if args.seconds is not None and time.time() - started >= args.seconds:
                 break
             if args.until_caught_up or time.time() >= next_progress:
@@ -80,6 +90,29 @@ def run_ingest(config: EyeNetConfig, args: IngestOptions) -> dict[str, Any]:
         print("stopping...", flush=True)
     final = pipeline.stop()
     return summarise(final, time.time() - started)
+
+
+def reload_on_change(config: EyeNetConfig) -> DeviceListWatch:
+    """Watch the config file for a new device list, and re-read it on SIGHUP too."""
+    watch = DeviceListWatch(config)
+    if watch.path is None:
+        print("devices come from the environment, not a file: the device list will not reload", flush=True)
+    elif threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, watch.request)
+    return watch
+
+
+def reload_devices(pipeline: Any, watch: DeviceListWatch) -> None:
+    devices = watch.check()
+    if devices is None:
+        return
+    try:
+        change = pipeline.reload_devices(devices)
+    except ConfigError as exc:   # e.g. a device mapping a metric the running config lacks
+        print(f"device list not reloaded: {exc}", flush=True)
+        return
+    print(f"device list reloaded: added {change['added']}, removed {change['removed']}, "
+          f"changed {change['changed']}", flush=True)
 
 
 def progress_line(stats: dict[str, Any], lag_s: float, elapsed_s: float) -> str:

@@ -75,7 +75,9 @@ class SnmpPoller:
     """IF-MIB polls for many agents; create and use it on one event loop."""
 
     def __init__(self) -> None:
-        self.engine = SnmpEngine()
+        # one engine per v3 credential set: an engine keeps one USM entry per user name, so
+        # two agents with the same user and different keys would overwrite each other's keys
+        self._engines: dict[Any, SnmpEngine] = {}
         self._targets: dict[tuple[str, int, float, int], UdpTransportTarget] = {}
         self._bits: dict[str, int] = {}   # device -> counter width found on its agent
         # device -> interfaces its agent had last time: GETBULK asks for one row more (to
@@ -83,9 +85,20 @@ class SnmpPoller:
         # past a table's end is most of a poll's CPU (pyasn1 costs ~0.3 ms per varbind)
         self._rows: dict[str, int] = {}
 
+    def engine_for(self, credentials: Any) -> SnmpEngine:
+        key: Any = "v2c"
+        if isinstance(credentials, UsmUserData):
+            key = (credentials.userName, credentials.authKey, credentials.privKey,
+                   credentials.authProtocol, credentials.privProtocol)
+        if key not in self._engines:
+            self._engines[key] = SnmpEngine()
+        return self._engines[key]
+
     async def close(self) -> None:
-        """Close the engine's transports and cancel its timer task (on the poller's loop)."""
-        self.engine.close_dispatcher()
+        """Close the engines' transports and cancel their timer tasks (on the poller's loop)."""
+        for engine in self._engines.values():
+            engine.close_dispatcher()
+        self._engines.clear()
         await asyncio.sleep(0)   # let the cancelled timer task finish before the loop closes
 
     async def poll(self, device_id: str, spec: SnmpSpec, credentials: Any) -> SnmpReading:
@@ -157,7 +170,7 @@ class SnmpPoller:
         while start:
             request = [_request_object(SYS_UPTIME_NEXT), *(_request_object(start[c]) for c in start)]
             error, status, index, binds = await bulk_cmd(
-                self.engine, credentials, target, ContextData(), 1, repetitions, *request,
+                self.engine_for(credentials), credentials, target, ContextData(), 1, repetitions, *request,
                 lookupMib=False)
             if error:
                 raise SnmpPollError(f"{where}: {error}")

@@ -4,7 +4,7 @@
 devices:
   - id: core-sw-1
     snmp: {host: 10.0.0.1, version: "3", user: eyenet,
-           auth_key_env: EYENET_SNMP_AUTH, priv_key_env: EYENET_SNMP_PRIV}
+           auth_key_env: SNMP_AUTH_KEY, priv_key_env: SNMP_PRIV_KEY}
     latency_probe: {kind: tcp, port: 22}
   - id: web-1
     node_exporter: {url: "http://web-1:9100/metrics", interface: eth0}
@@ -58,6 +58,10 @@ def _env_name(value: str | None) -> str | None:
     if value is not None and not ENV_NAME_RE.match(value):
         raise ValueError(f"{value!r} is not an environment variable name (credentials are read "
                          "from the environment, never written in the config)")
+    if value is not None and value.startswith("EYENET_"):
+        # EYENET_* variables are config overrides (eyenet.config.load_config reads them all)
+        raise ValueError(f"{value!r}: EYENET_* variables are config overrides; name the credential's "
+                         "variable otherwise (e.g. SNMP_COMMUNITY)")
     return value
 
 
@@ -68,7 +72,7 @@ class SnmpSpec(_Spec):
     port: int = Field(161, ge=1, le=65535)
     version: Literal["2c", "3"] = "2c"
     community_env: str | None = Field(
-        "EYENET_SNMP_COMMUNITY", description="environment variable holding the v2c community")
+        "SNMP_COMMUNITY", description="environment variable holding the v2c community")
     user: str | None = Field(None, description="v3 user (USM security name)")
     auth_protocol: Literal["md5", "sha", "sha224", "sha256", "sha384", "sha512", "none"] = "sha"
     auth_key_env: str | None = Field(None, description="environment variable with the v3 auth passphrase")

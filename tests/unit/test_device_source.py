@@ -30,6 +30,7 @@ def devices_config(tmp_path, devices, **overrides):
 
 @pytest.mark.parametrize(("device", "named"), [
     ({"id": "a", "snmp": {"host": "h", "community_env": "my-secret"}}, "'my-secret' is not an environment"),
+    ({"id": "a", "snmp": {"host": "h", "community_env": "EYENET_COMMUNITY"}}, "are config overrides"),
     ({"id": "a", "snmp": {"host": "h", "version": "3"}}, "SNMP v3 needs user"),
     ({"id": "a", "snmp": {"host": "h", "version": "3", "user": "u"}}, "needs auth_key_env"),
     ({"id": "a", "snmp": {"host": "h"}, "node_exporter": {"url": "http://h/metrics"}}, "give exactly one"),
@@ -75,7 +76,7 @@ def reading(octets: int, uptime_cs: int) -> SnmpReading:
 
 
 def test_a_recorded_32_bit_wrap_and_an_agent_restart_through_the_collector(tmp_path, monkeypatch):
-    monkeypatch.setenv("EYENET_SNMP_COMMUNITY", "public-test")
+    monkeypatch.setenv("SNMP_COMMUNITY", "public-test")
     config = devices_config(tmp_path, [{"id": "sw1", "snmp": {"host": "127.0.0.1"}}],
                             sample_interval_s=10.0)
     wrap = 2**32
@@ -107,17 +108,17 @@ def test_a_recorded_32_bit_wrap_and_an_agent_restart_through_the_collector(tmp_p
 
 def test_failing_devices_are_counted_apart_and_no_credential_reaches_an_error_or_a_log(
         tmp_path, monkeypatch, caplog, http_pages):
-    secrets = {"EYENET_T_COMMUNITY": "c0mmunity-s3cret", "EYENET_T_AUTH": "auth-s3cret-pass",
-               "EYENET_T_PRIV": "priv-s3cret-pass"}
+    secrets = {"T_EYENET_COMMUNITY": "c0mmunity-s3cret", "T_EYENET_AUTH": "auth-s3cret-pass",
+               "T_EYENET_PRIV": "priv-s3cret-pass"}
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
     Pages.pages["/metrics"] = (200, "text/plain", EXPOSITION)
     dead = {"host": "127.0.0.1", "port": 9, "timeout_s": 0.2, "retries": 0}   # nothing answers there
     config = devices_config(tmp_path, [
-        {"id": "v2", "snmp": {**dead, "community_env": "EYENET_T_COMMUNITY"}},
-        {"id": "v3", "snmp": {**dead, "version": "3", "user": "eyenet", "auth_key_env": "EYENET_T_AUTH",
-                              "priv_key_env": "EYENET_T_PRIV"}},
-        {"id": "unset", "snmp": {**dead, "community_env": "EYENET_T_NOT_SET"}},
+        {"id": "v2", "snmp": {**dead, "community_env": "T_EYENET_COMMUNITY"}},
+        {"id": "v3", "snmp": {**dead, "version": "3", "user": "eyenet", "auth_key_env": "T_EYENET_AUTH",
+                              "priv_key_env": "T_EYENET_PRIV"}},
+        {"id": "unset", "snmp": {**dead, "community_env": "T_EYENET_NOT_SET"}},
         {"id": "ok", "node_exporter": {"url": f"{http_pages}/metrics"}},
     ])
     caplog.set_level(logging.DEBUG)
@@ -129,7 +130,7 @@ def test_failing_devices_are_counted_apart_and_no_credential_reaches_an_error_or
     finally:
         source.close()
     assert set(result.failed_devices) == {"v2", "v3", "unset"}
-    assert "EYENET_T_NOT_SET" in result.failed_devices["unset"]
+    assert "T_EYENET_NOT_SET" in result.failed_devices["unset"]
     assert "No SNMP response" in result.failed_devices["v2"]
     assert result.accepted["device_id"].tolist() == ["ok"]       # the others did not hold it back
     assert store.read_range(None, None)["device_id"].tolist() == ["ok"]

@@ -1,0 +1,191 @@
+"""The device sources against the real snmpd, node_exporter and Prometheus that `.ci/run`
+starts (tests/components.py): polled through a collector into the store, rates that follow
+traffic generated on loopback, an agent restart, v3 credentials, PromQL errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from eyenet.sources.devices import DeviceSource
+from eyenet.store import open_store
+from eyenet.streaming.collector import Collector
+from eyenet.telemetry.schema import to_ms
+from tests.helpers import wait_for
+from tests.synthetic import make_config
+
+pytestmark = pytest.mark.integration
+
+TRAFFIC_BYTES = 400 * 2**20   # far above what else crosses loopback in the seconds a test takes
+
+
+def agent(components, **spec):
+    host, port = components.snmp_addr.rsplit(":", 1)
+    return {"host": host, "port": int(port), "timeout_s": 1.0, "retries": 1, **spec}
+
+
+@pytest.fixture
+def credentials(components, monkeypatch):
+    monkeypatch.setenv("T_SNMP_COMMUNITY", components.snmp_community)
+    monkeypatch.setenv("T_SNMP_AUTH", components.snmp_v3_auth)
+    monkeypatch.setenv("T_SNMP_PRIV", components.snmp_v3_priv)
+    monkeypatch.setenv("T_SNMP_WRONG", "wrong-passphrase")
+
+
+def collect(tmp_path, devices, name="real"):
+    # a poll waits for its slowest device (a wrong key times out), so gaps are judged at 5 s
+    config = make_config(tmp_path, devices=devices, sample_interval_s=5.0,
+                         streaming={"retry_initial_s": 0.2, "retry_max_s": 1.0})
+    source = DeviceSource(config)
+    store = open_store(config.store_uri)
+    return Collector(config, source, store, source.devices(), name), store
+
+
+def loopback_traffic(n_bytes: int) -> None:
+    """Send ``n_bytes`` over a TCP connection on 127.0.0.1 (counted on ``lo`` in and out)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    received = []
+
+    def drain():
+        conn, _ = server.accept()
+        with conn:
+            total = 0
+            while chunk := conn.recv(1 << 20):
+                total += len(chunk)
+            received.append(total)
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    with socket.create_connection(server.getsockname()) as client:
+        block = b"\0" * (1 << 20)
+        for _ in range(n_bytes // len(block)):
+            client.sendall(block)
+    thread.join()
+    server.close()
+    assert received == [n_bytes]
+
+
+def counted_bytes(store, device, metric, after_ms):
+    """Bytes the stored rates account for after ``after_ms``: rate x interval, summed."""
+    frame = store.read_range(None, None)
+    frame = frame[frame["device_id"] == device]
+    ms = to_ms(frame["timestamp"]).to_numpy()
+    rates = frame[metric].to_numpy()
+    dt_s = np.diff(ms, prepend=ms[0]) / 1000.0
+    keep = (ms > after_ms) & np.isfinite(rates)
+    return float(np.sum(rates[keep] * dt_s[keep]))
+
+
+def stored_rows(store) -> int:
+    return len(store.read_range(None, None))
+
+
+def poll_until(collector, condition, what, timeout_s=40.0):
+    def step():
+        collector.poll()
+        return condition()
+    return wait_for(step, timeout_s, what, poll_s=0.5)
+
+
+def test_snmp_v2c_rates_follow_traffic_generated_on_loopback(tmp_path, components, credentials):
+    collector, store = collect(tmp_path, [
+        {"id": "lo", "snmp": agent(components, community_env="T_SNMP_COMMUNITY", interface="lo")},
+        {"id": "agent", "snmp": agent(components, community_env="T_SNMP_COMMUNITY")}])
+    try:
+        poll_until(collector, lambda: stored_rows(store) >= 2, "a first SNMP sample per device")
+        before_ms = collector.cursor_ms["lo"]
+        loopback_traffic(TRAFFIC_BYTES)
+        # snmpd refreshes its interface table every few seconds: wait for the counters to move
+        poll_until(collector, lambda: counted_bytes(store, "lo", "bytes_in", before_ms) >= TRAFFIC_BYTES,
+                   "the stored bytes_in rates to account for the traffic")
+    finally:
+        collector.source.close()
+    for device in ("lo", "agent"):
+        for metric in ("bytes_in", "bytes_out"):
+            counted = counted_bytes(store, device, metric, before_ms)
+            assert TRAFFIC_BYTES <= counted <= 1.25 * TRAFFIC_BYTES, (device, metric, counted)
+    assert counted_bytes(store, "lo", "packets_in", before_ms) >= TRAFFIC_BYTES / 65536
+    assert collector.stats()["failing_devices"] == {}
+
+
+def test_snmp_v3_auth_priv_polls_and_wrong_keys_fail_without_showing_them(tmp_path, components,
+                                                                          credentials):
+    v3 = {"version": "3", "user": components.snmp_v3_user, "auth_key_env": "T_SNMP_AUTH",
+          "priv_key_env": "T_SNMP_PRIV"}
+    collector, store = collect(tmp_path, [
+        {"id": "v3", "snmp": agent(components, **v3)},
+        {"id": "v3-wrong-auth", "snmp": agent(components, **{**v3, "auth_key_env": "T_SNMP_WRONG"})},
+        {"id": "v3-wrong-priv", "snmp": agent(components, **{**v3, "priv_key_env": "T_SNMP_WRONG"})},
+        {"id": "v2-wrong-community", "snmp": agent(components, community_env="T_SNMP_WRONG",
+                                                   timeout_s=0.3, retries=0)}])
+    try:
+        poll_until(collector, lambda: len(collector.stats()["failing_devices"]) == 3
+                   and stored_rows(store) >= 2, "v3 to store two samples while the wrong keys fail")
+    finally:
+        collector.source.close()
+    stored = store.read_range(None, None)
+    assert set(stored["device_id"]) == {"v3"}
+    assert np.isfinite(stored["bytes_in"].to_numpy()[1:]).all()
+    stats = collector.stats()
+    assert set(stats["failing_devices"]) == {"v3-wrong-auth", "v3-wrong-priv", "v2-wrong-community"}
+    text = json.dumps(stats)
+    for secret in (components.snmp_v3_auth, components.snmp_v3_priv, components.snmp_community,
+                   "wrong-passphrase"):
+        assert secret not in text
+
+
+def test_an_snmpd_restart_is_a_counter_discontinuity_not_a_spike(tmp_path, components, credentials):
+    collector, store = collect(tmp_path, [
+        {"id": "lo", "snmp": agent(components, community_env="T_SNMP_COMMUNITY", interface="lo")}])
+    try:
+        poll_until(collector, lambda: stored_rows(store) >= 3, "three samples before the restart")
+        components.restart_snmpd()
+        poll_until(collector, lambda: collector.repaired["counter_discontinuity:bytes_in"] >= 1,
+                   "the restarted agent's uptime to reset the counter baseline")
+        before = stored_rows(store)
+        poll_until(collector, lambda: stored_rows(store) >= before + 2, "rates again after the restart")
+    finally:
+        collector.source.close()
+    rates = store.read_range(None, None)["bytes_in"].to_numpy()
+    # the kernel's lo counter kept counting while snmpd restarted: no delta across it is
+    # trusted, so nothing in between reads as a burst
+    assert np.nanmax(rates) < 1e9
+    assert collector.repaired["counter_reset:bytes_in"] == 0
+
+
+def test_node_exporter_scrape_rates_follow_loopback_traffic(tmp_path, components):
+    collector, store = collect(tmp_path, [
+        {"id": "lo", "node_exporter": {"url": components.node_exporter_url, "interface": "lo"}}])
+    try:
+        poll_until(collector, lambda: stored_rows(store) >= 1, "a first scrape")
+        before_ms = collector.cursor_ms["lo"]
+        loopback_traffic(TRAFFIC_BYTES)
+        poll_until(collector, lambda: counted_bytes(store, "lo", "bytes_in", before_ms) >= TRAFFIC_BYTES,
+                   "the scraped rates to account for the traffic")
+    finally:
+        collector.source.close()
+    assert counted_bytes(store, "lo", "bytes_out", before_ms) <= 1.25 * TRAFFIC_BYTES
+
+
+def test_prometheus_range_queries_store_the_node_counter_and_a_promql_error_is_that_devices(
+        tmp_path, components):
+    lo = 'sum(node_network_receive_bytes_total{job="node",device="lo"})'
+    query = {"url": components.prometheus_url, "step_s": 1, "lag_s": 3}
+    collector, store = collect(tmp_path, [
+        {"id": "lo", "prometheus": {**query, "queries": {"bytes_in": lo}}},
+        {"id": "typo", "prometheus": {**query, "queries": {"bytes_in": "sum(rate(x[1m])"}}}])
+    collector.cursor_ms = {d: c - 20_000 for d, c in collector.cursor_ms.items()}  # some history
+    try:
+        poll_until(collector, lambda: stored_rows(store) >= 10, "ten query_range samples")
+    finally:
+        collector.source.close()
+    stored = store.read_range(None, None)
+    assert set(stored["device_id"]) == {"lo"}
+    steps_ms = np.diff(to_ms(stored["timestamp"]).to_numpy())
+    assert set(steps_ms.tolist()) == {1000}                     # the step grid, nothing twice
+    assert (stored["bytes_in"].dropna() > 0).all()              # Prometheus' own scrapes cross lo
+    assert "parse error" in collector.stats()["failing_devices"]["typo"]["error"]
