@@ -100,6 +100,11 @@ class MonitorActor:
         stats["follower"] = self.follower.stats()
         return stats
 
+    def metrics(self) -> dict[str, Any]:
+        """What the API's ``/metrics`` exports from the monitor (:meth:`Monitor.metrics`)."""
+        with self._lock:
+            return self.monitor.metrics()
+
     def open_alerts(self) -> list[dict[str, Any]]:
         with self._lock:
             return [e.to_dict() for e in self.monitor.alerts.open_alerts()]

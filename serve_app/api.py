@@ -32,6 +32,7 @@ from eyenet.errors import (
     RequestError,
     StoreError,
 )
+from eyenet.monitoring.exporter import CONTENT_TYPE_LATEST
 from eyenet.serving.inference import Prediction, PredictRequest, ScoreRequest
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Backend(Protocol):
     def report(self, since: str) -> dict[str, Any]: ...
     def promote(self, version: int) -> dict[str, Any]: ...
     def rollback(self) -> dict[str, Any]: ...
+    async def metrics_text(self) -> str: ...
 
 
 class ErrorBody(BaseModel):
@@ -89,6 +91,25 @@ def _bearer_guard(api_key: str | None) -> Callable[..., Awaitable[None]]:
     return guard
 
 
+def _scrape_guard(api_key: str | None, admin_key: str | None) -> Callable[..., Awaitable[None]]:
+    """``/metrics``: no key needed, but a key that is sent must be a right one (a scraper
+    with a stale credential should see 401, not be served as if it had sent none). The
+    header is read from the request, not through ``HTTPBearer``, so that the OpenAPI spec
+    does not declare the route as needing a key."""
+
+    async def guard(request: Request) -> None:
+        header = request.headers.get("authorization")
+        if header is None or not (api_key or admin_key):
+            return
+        scheme, _, token = header.partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        if not any(key and hmac.compare_digest(given, key.encode()) for key in (api_key, admin_key)):
+            raise RequestError("wrong key: /metrics needs none, but one sent must be the API key",
+                               "Authorization", status=401)
+
+    return guard
+
+
 def _admin_guard(api_key: str | None, admin_key: str | None) -> Callable[..., Awaitable[None]]:
     async def guard(credentials: HTTPAuthorizationCredentials | None = BEARER_DEPENDENCY) -> None:
         if not api_key and not admin_key:
@@ -117,6 +138,7 @@ def create_app(backend: Backend, max_body_bytes: int = 1_000_000, api_key: str |
     app = FastAPI(title="EyeNet", version="1", description="Anomaly scores for network-device telemetry")
     auth = [Depends(_bearer_guard(api_key))]
     admin = [Depends(_admin_guard(api_key, admin_key))]
+    scrape = [Depends(_scrape_guard(api_key, admin_key))]
 
     app.add_middleware(BodyLimit, limit=lambda: getattr(backend, "max_body_bytes", None) or max_body_bytes)
 
@@ -205,6 +227,23 @@ def create_app(backend: Backend, max_body_bytes: int = 1_000_000, api_key: str |
     @app.get("/v1/report", dependencies=auth, responses=_errors(*COMMON_ERRORS))
     def report(since: str = SINCE_QUERY) -> dict[str, Any]:
         return backend.report(since)
+
+    @app.get("/metrics", dependencies=scrape, response_class=Response,
+             responses={200: {"description": "Prometheus text exposition",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **_errors(401, 503)})
+    async def metrics() -> Response:
+        """EyeNet's own metrics for Prometheus: per-device scores, thresholds, states and
+        anomaly points, open alerts by kind, collector counts by reason, scoring latency,
+        drift and the production model version (names in the README).
+
+        Auth: none needed, like ``/v1/health``, since Prometheus scrapes without a key by
+        default. With ``EYENET_API_KEY`` set a scraper may send ``Authorization: Bearer
+        <key>`` (the API or the admin key); a wrong key is refused with 401. The body holds
+        device ids and scores, not keys; keep the port off untrusted networks if those
+        are confidential. A part that is down is exported as ``eyenet_component_up 0``,
+        never a 5xx."""
+        return Response(await backend.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
     base_openapi = app.openapi
 

@@ -12,11 +12,14 @@ batch at once: from the pipeline's collectors when it runs (their recent-sample 
 else in one store read. The ingress serves :func:`serve_app.api.create_app` and forwards
 scoring to the detector deployment through its handle; it holds up to
 ``serve.ingress_max_ongoing_requests`` requests, since Serve's default of 5 would cap
-every detector batch at 5.
+every detector batch at 5. Its ``/metrics`` asks the monitor actor and every pipeline
+collector (named actors) per scrape, each within ``METRICS_TIMEOUT_S``, and reads the
+store and the registry; a part that does not answer is exported as down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -24,12 +27,13 @@ from typing import Any
 import pandas as pd
 from ray import serve
 
-from actors.collector import LiveCollectors
+from actors.collector import COLLECTOR_PREFIX, LiveCollectors
 from actors.features import load_version, no_production_error
 from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError, EyeNetError, RequestError
 from eyenet.models.follower import ProductionFollower
 from eyenet.models.registry import DEFAULT_MODEL_NAME, ModelRegistry
+from eyenet.monitoring.exporter import MetricsSnapshot
 from eyenet.serving.inference import (
     BatchScores,
     CheckedWindows,
@@ -48,6 +52,7 @@ from serve_app.local import StoreViews
 log = logging.getLogger(__name__)
 APP_NAME = "eyenet"
 MONITOR_LOOKUP_S = 10.0  # how often a replica without a monitor looks for one
+METRICS_TIMEOUT_S = 2.0  # each part's answer to a scrape (Prometheus' default timeout is 10 s)
 
 
 class DetectorReplica:
@@ -172,10 +177,13 @@ class DetectorReplica:
                                        [ms_of(p["timestamp"]) for p in flagged],
                                        [p["anomaly_score"] for p in flagged],
                                        [p["top_features"] for p in flagged])
-            monitor.record.remote(batch_summary(detector, [p["device_id"] for p in batch.predictions],
-                                                anomalies, batch.newest_features, latency_ms,
-                                                len(batch.predictions), service.model_version, time.time(),
-                                                [p["state"] == "learning" for p in batch.predictions]))
+            summary = batch_summary(detector, [p["device_id"] for p in batch.predictions], anomalies,
+                                    batch.newest_features, latency_ms, len(batch.predictions),
+                                    service.model_version, time.time(),
+                                    [p["state"] == "learning" for p in batch.predictions],
+                                    [p["anomaly_score"] for p in batch.predictions],
+                                    [p["threshold"] for p in batch.predictions])
+            monitor.record.remote(summary)
         except Exception as exc:  # monitoring is best effort; scoring already succeeded
             self._monitor_handle = None
             log.warning("could not report to the monitor: %s", exc)
@@ -234,6 +242,7 @@ class IngressBackend(StoreViews):
         # requests are checked here, so a bad one never costs a detector replica anything;
         # against the served model's metrics and window, asked of the detector deployment
         self.checker: WindowChecker | None = None
+        self._monitor_handle: Any = None
 
     async def predict(self, device_id: str) -> dict[str, Any]:
         return _accepted(await self.detector.predict.remote(device_id))
@@ -253,6 +262,54 @@ class IngressBackend(StoreViews):
     async def _describe(self) -> None:
         model = await self.detector.describe.remote()
         self.checker = WindowChecker(model["metrics"], model["min_rows"], self.config.sample_interval_s)
+
+    async def gather_live(self, snapshot: MetricsSnapshot) -> None:
+        """The monitor actor's figures and the stats of every pipeline collector, asked at once."""
+        await asyncio.gather(self._monitor_figures(snapshot), self._collector_figures(snapshot))
+
+    async def _monitor_figures(self, snapshot: MetricsSnapshot) -> None:
+        from actors.monitor import find_monitor
+
+        try:
+            if self._monitor_handle is None:
+                self._monitor_handle = find_monitor()
+            if self._monitor_handle is None:  # no pipeline has started one: down, nothing to log
+                snapshot.down("monitor")
+                return
+            answer = self._monitor_handle.metrics.remote()
+            snapshot.monitor = await asyncio.wait_for(answer, METRICS_TIMEOUT_S)
+            snapshot.components["monitor"] = True
+        except Exception as exc:  # dead, restarting, slow, or older than metrics(): look it up anew
+            self._monitor_handle = None
+            snapshot.down("monitor", exc)
+
+    async def _collector_figures(self, snapshot: MetricsSnapshot) -> None:
+        """Collectors are labelled by actor name less ``COLLECTOR_PREFIX`` (it holds the
+        pipeline's run id, so two pipelines' collectors never share a label)."""
+        import ray
+
+        from actors.monitor import NAMESPACE
+
+        try:
+            names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                           if a["namespace"] == NAMESPACE and a["name"].startswith(COLLECTOR_PREFIX))
+        except Exception as exc:
+            snapshot.down("collectors", exc)
+            return
+        snapshot.components["collectors"] = True
+
+        async def stats(name: str) -> dict[str, Any]:
+            return await ray.get_actor(name, namespace=NAMESPACE).stats.remote()
+
+        answers = await asyncio.gather(*[asyncio.wait_for(stats(n), METRICS_TIMEOUT_S) for n in names],
+                                       return_exceptions=True)
+        for name, answer in zip(names, answers, strict=True):
+            label = name.removeprefix(COLLECTOR_PREFIX)
+            if isinstance(answer, BaseException):  # stopped or restarting: its eyenet_collector_up 0
+                log.info("metrics: collector %s did not answer: %s", label, answer)
+                snapshot.collectors_down.append(label)
+            else:
+                snapshot.collectors[label] = answer
 
 
 def _accepted(result: Any) -> Any:

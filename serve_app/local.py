@@ -2,26 +2,42 @@
 
 It serves the unit tests and the serve benchmark's "bare FastAPI" baseline; the Serve
 ingress reuses its read-only endpoints and replaces scoring with calls to the batched
-detector deployment.
+detector deployment. ``/metrics`` is gathered here too: the store's and the registry's
+figures by :class:`StoreViews`, the live parts (monitor, collectors) by whoever holds them,
+in-process objects here, the cluster's actors in the ingress.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import ConfigError, EyeNetError, RequestError
 from eyenet.models.registry import DEFAULT_MODEL_NAME, ModelRegistry
+from eyenet.monitoring.alerts import ALERT_KINDS
+from eyenet.monitoring.exporter import MetricsSnapshot, render
 from eyenet.serving.inference import InferenceService, LiveWindows, ScoreRequest, predict_devices
 from eyenet.store import Store
 from serve_app.api import jsonable
 
+log = logging.getLogger(__name__)
 ANOMALY_KINDS = ("anomaly",)
+OPEN_ALERTS_LIMIT = 10_000  # open alerts of one kind counted from the store (a lower bound past it)
 
 
 class StoreViews:
-    """The read-only endpoints: models, devices, anomalies, reports, health."""
+    """The read-only endpoints: models, devices, anomalies, reports, health, metrics.
+
+    ``monitor`` (a :class:`eyenet.monitoring.monitor.Monitor`) and ``collectors``
+    (:class:`eyenet.streaming.collector.Collector` objects) are the in-process live parts
+    ``/metrics`` asks; none by default, so the monitor reads as down.
+    """
+
+    monitor: Any = None
+    collectors: Sequence[Any] = ()
 
     def __init__(self, config: EyeNetConfig, store: Store, model_name: str = DEFAULT_MODEL_NAME) -> None:
         self.config, self.store, self.model_name = config, store, model_name
@@ -80,11 +96,49 @@ class StoreViews:
     def rollback(self) -> dict[str, Any]:
         return jsonable(self.registry.rollback(self.model_name).to_dict())
 
+    async def metrics_text(self) -> str:
+        """EyeNet's own metrics in Prometheus' text format (:mod:`eyenet.monitoring.exporter`).
+        Each part is asked on its own; one that fails is exported as down, never an error."""
+        snapshot = MetricsSnapshot()
+        await self.gather_live(snapshot)
+        self.gather_stored(snapshot)
+        return render(snapshot).decode()
+
+    async def gather_live(self, snapshot: MetricsSnapshot) -> None:
+        """The monitor's and the collectors' figures, from the in-process objects."""
+        if self.monitor is None:
+            snapshot.down("monitor")
+        else:
+            snapshot.monitor = snapshot.attempt("monitor", self.monitor.metrics)
+        snapshot.components["collectors"] = True  # listing them cannot fail in-process
+        for i, collector in enumerate(self.collectors):
+            name = str(getattr(collector, "name", f"collector-{i}"))
+            try:
+                snapshot.collectors[name] = collector.stats()
+            except Exception as exc:  # one collector failing is its eyenet_collector_up, not an error
+                log.warning("metrics: collector %s unavailable: %s: %s", name, type(exc).__name__, exc)
+                snapshot.collectors_down.append(name)
+
+    def gather_stored(self, snapshot: MetricsSnapshot) -> None:
+        """Store reachability, the production version, and (when the monitor did not answer)
+        the open alerts the monitor last saved in the store."""
+        snapshot.attempt("store", self.store.ping)
+        production = snapshot.attempt("registry", lambda: self.registry.production(self.model_name))
+        if snapshot.components.get("registry"):
+            snapshot.production[self.model_name] = production.version if production else None
+        if snapshot.monitor is None and snapshot.components.get("store"):
+            snapshot.open_alerts = snapshot.attempt("store", lambda: {
+                kind: len(self.store.list_events(kind=kind, status="open", limit=OPEN_ALERTS_LIMIT))
+                for kind in ALERT_KINDS})
+
+
 class LocalBackend(StoreViews):
     def __init__(self, config: EyeNetConfig, store: Store, service: InferenceService,
-                 model_name: str = DEFAULT_MODEL_NAME) -> None:
+                 model_name: str = DEFAULT_MODEL_NAME, monitor: Any = None,
+                 collectors: Sequence[Any] = ()) -> None:
         super().__init__(config, store, model_name)
         self.service = service
+        self.monitor, self.collectors = monitor, list(collectors)
         self.windows = LiveWindows(store, service.detector)
 
     async def predict(self, device_id: str) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """Prediction-latency aggregates for the monitor (re-exported by :mod:`eyenet.monitoring.monitor`).
 
 :class:`LatencyWindow` keeps the raw latencies of a recent time window for live stats;
-:class:`LatencyHistogram` has fixed bins, so histograms of any periods merge by adding counts.
+:class:`LatencyHistogram` has fixed bins, so histograms of any periods merge by adding counts;
+:class:`LatencyBuckets` counts since start, never reset, what a Prometheus histogram exposes.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import deque
 from collections.abc import Callable
@@ -14,6 +16,10 @@ from typing import Any
 import numpy as np
 
 MAX_LATENCY_POINTS = 100_000
+# Upper bounds (seconds) of the exported scoring-latency histogram: Prometheus' usual
+# spread, from a 1 ms single-window batch to a 10 s stalled one
+SCORING_LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                             5.0, 10.0)
 
 
 class LatencyHistogram:
@@ -92,3 +98,36 @@ class LatencyWindow:
         p50, p95, p99 = np.percentile(values, [50, 95, 99])
         return {"count": len(values), "mean_ms": float(values.mean()), "p50_ms": float(p50),
                 "p95_ms": float(p95), "p99_ms": float(p99)}
+
+
+class LatencyBuckets:
+    """Latencies counted into fixed upper bounds since this object was made, never reset.
+
+    The snapshot histogram above restarts every period, and its bins count ``edge <= v <
+    next edge``; Prometheus needs counts that only grow (``rate()`` over them) with
+    ``v <= le`` semantics, so this keeps its own. Values are seconds, as exported.
+    """
+
+    def __init__(self, bounds_s: tuple[float, ...] = SCORING_LATENCY_BUCKETS_S) -> None:
+        self.bounds_s = tuple(sorted(float(b) for b in bounds_s))
+        self.counts = [0] * (len(self.bounds_s) + 1)  # the last one: above every bound (+Inf)
+        self.sum_s = 0.0
+
+    def add(self, latency_s: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds_s, latency_s)] += 1  # first bound >= value
+        self.sum_s += float(latency_s)
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, count of values <= it)`` per bound, ending with ``(inf, count)``."""
+        out, total = [], 0
+        for bound, n in zip((*self.bounds_s, float("inf")), self.counts, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bounds_s": list(self.bounds_s), "counts": list(self.counts), "sum_s": self.sum_s}

@@ -29,11 +29,12 @@ from eyenet.config import EyeNetConfig
 from eyenet.errors import EyeNetError
 from eyenet.monitoring.alerts import AlertManager, AlertSink, build_sinks
 from eyenet.monitoring.drift import DriftTracker
-from eyenet.monitoring.latency import MAX_LATENCY_POINTS, LatencyHistogram, LatencyWindow
+from eyenet.monitoring.latency import MAX_LATENCY_POINTS, LatencyBuckets, LatencyHistogram, LatencyWindow
 from eyenet.monitoring.reports import SNAPSHOT_KIND, build_report, by_count, iso
 from eyenet.store import Event, Store
 
-__all__ = ["MAX_LATENCY_POINTS", "LatencyHistogram", "LatencyWindow", "Monitor", "ScoreSummary"]
+__all__ = ["DEVICE_STATES", "MAX_LATENCY_POINTS", "LatencyHistogram", "LatencyWindow", "Monitor",
+           "ScoreSummary"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ STATE_KEY = "monitor"
 MAX_POINTS_PER_DEVICE = 1_000  # anomalous points kept per device (>= anomaly_min_points)
 RATE_BUCKETS = 30              # granularity of the per-device anomaly-rate window
 TOP_METRICS = 3
+MAX_DEVICES = 100_000          # devices the metrics table keeps (the least recently scored go first)
+DEVICE_STATES = ("learning", "judged", "anomalous")  # anomalous: judged, with an open device alert
 
 
 @dataclass
@@ -62,6 +65,20 @@ class ScoreSummary:
     # their scale) and devices judged: the monitor shows which devices are learning
     learning_devices: list[str] = field(default_factory=list)
     judged_devices: list[str] = field(default_factory=list)
+    # each device's newest score (0..1) and its threshold, for /metrics; empty if not sent
+    scores: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Device:
+    """A device as /metrics shows it: when last scored, its newest score, cumulative counts."""
+
+    seen_s: float
+    scored: int = 0
+    anomalies: int = 0
+    score: float | None = None
+    threshold: float | None = None
 
 
 @dataclass
@@ -102,6 +119,8 @@ class Monitor:
         self.counts = {"summaries": 0, "windows_scored": 0, "anomalies": 0, "drift_skipped": 0,
                        "bad_latency": 0}
         self.learning: dict[str, float] = {}  # device -> when last seen learning
+        self.devices: dict[str, _Device] = {}  # in order of last scoring, oldest first
+        self.latency_buckets = LatencyBuckets()
         self.restored_drift = self._restore(store.get_state(STATE_KEY) or {})
         self.alerts.recover()
 
@@ -116,12 +135,19 @@ class Monitor:
             if np.isfinite(lat) and lat >= 0:
                 self.latency.add(lat, now)
                 self._period.hist.add(lat)
+                self.latency_buckets.add(lat / 1000.0)
             else:
                 self.counts["bad_latency"] += 1
             self.counts["windows_scored"] += int(summary.n_windows)
             self._period.windows += int(summary.n_windows)
             scored, anomalous = self._rate_bucket(now)
             scored.update({str(d): int(n) for d, n in summary.device_counts.items()})
+            for device, n in summary.device_counts.items():
+                self._device(str(device), now).scored += int(n)
+            for device, score in summary.scores.items():
+                row = self._device(str(device), now)
+                threshold = summary.thresholds.get(device)
+                row.score, row.threshold = float(score), None if threshold is None else float(threshold)
             for device in summary.judged_devices:
                 self.learning.pop(str(device), None)
             for device in summary.learning_devices:
@@ -131,6 +157,7 @@ class Monitor:
                 device_id = str(device_id)
                 anomalous[device_id] += 1
                 self._period.anomalies[device_id] += 1
+                self._device(device_id, now).anomalies += 1
                 points = self._points.setdefault(device_id, deque(maxlen=cap))
                 points.append((now, tuple(metrics[:TOP_METRICS])))
             self.counts["anomalies"] += len(summary.anomalies)
@@ -204,6 +231,24 @@ class Monitor:
                     "learning_devices": {"count": len(self.learning),
                                          "devices": sorted(self.learning)[:top_n]}}
 
+    def metrics(self) -> dict[str, Any]:
+        """What /metrics exports (:mod:`eyenet.monitoring.exporter`) as plain data: each device's
+        state, newest score, threshold and counts, latency buckets, drift, open alerts by kind.
+        Counts live as long as the monitor (Prometheus reads its restart as a counter reset)."""
+        with self._lock:
+            anomalous = set(self.alerts.open_subjects("device_anomaly"))
+            open_alerts = Counter(e.kind for e in self.alerts.open_alerts())
+            devices = [{"device_id": d, "scored": r.scored, "anomalies": r.anomalies, "score": r.score,
+                        "threshold": r.threshold, "last_scored_s": r.seen_s,
+                        "state": ("anomalous" if d in anomalous else
+                                  "learning" if d in self.learning else "judged")}
+                       for d, r in self.devices.items()]
+            return {"devices": devices, "latency_buckets": self.latency_buckets.to_dict(),
+                    "drift": self.drift.scores(), "drift_method": self.drift.method,
+                    "drift_threshold": self.config.alerts.drift_threshold,
+                    "open_alerts": {k: open_alerts[k] for k in (*self.alerts.kinds, *open_alerts)},
+                    "model_version": self.model_version, "counts": dict(self.counts)}
+
     def set_reference(self, reference: dict[str, Any] | None, model_version: int | None) -> None:
         """A new production model: drift restarts against its reference (old bins are moot)."""
         with self._lock:
@@ -272,6 +317,14 @@ class Monitor:
                 event = self.alerts.clear(kind, subject)
                 if event is not None:
                     events.append(event)
+
+    def _device(self, device_id: str, now: float) -> _Device:
+        """The device's row, moved to the newest end; the oldest row goes past MAX_DEVICES."""
+        row = self.devices[device_id] = self.devices.pop(device_id, None) or _Device(now)
+        row.seen_s = now
+        if len(self.devices) > MAX_DEVICES:
+            del self.devices[next(iter(self.devices))]
+        return row
 
     def _recent_points(self) -> dict[str, deque[tuple[float, tuple[str, ...]]]]:
         cutoff = self.now_s() - self.config.alerts.anomaly_window_s

@@ -63,9 +63,12 @@ def anomaly_points(detector: Detector, devices: Iterable[Any], ts_ms: Iterable[A
 def batch_summary(detector: Detector, device_ids: list[str],
                   anomalies: list[tuple[str, int, float, list[str]]], features: np.ndarray,
                   latency_ms: float, n_windows: int, model_version: int | None,
-                  sent_at_s: float, learning: Iterable[bool] | None = None) -> ScoreSummary:
+                  sent_at_s: float, learning: Iterable[bool] | None = None,
+                  scores: Iterable[float] | None = None,
+                  thresholds: Iterable[float] | None = None) -> ScoreSummary:
     """One scored batch for the monitor (live scoring and the Serve replicas send the same);
-    ``learning`` per entry of ``device_ids``: that row's device was still learning its scale."""
+    per entry of ``device_ids``: ``learning``, that row's device was still learning its scale;
+    ``scores`` and ``thresholds``, that row's calibrated score and threshold (for /metrics)."""
     counts = bin_counts(features, detector.feature_names, detector.reference)
     flags = list(learning) if learning is not None else [False] * len(device_ids)
     # a device's newest row (the last one given) says where it stands
@@ -75,7 +78,15 @@ def batch_summary(detector: Detector, device_ids: list[str],
                         feature_counts={k: v.tolist() for k, v in counts.items()},
                         model_version=model_version,
                         learning_devices=sorted(d for d, x in states.items() if x),
-                        judged_devices=sorted(d for d, x in states.items() if not x))
+                        judged_devices=sorted(d for d, x in states.items() if not x),
+                        scores=_newest(device_ids, scores), thresholds=_newest(device_ids, thresholds))
+
+
+def _newest(device_ids: list[str], values: Iterable[float] | None) -> dict[str, float]:
+    """Each device's value from its last row (the newest), as plain floats."""
+    if values is None:
+        return {}
+    return {str(d): float(v) for d, v in zip(device_ids, values, strict=True)}
 
 
 class LiveScorer:
@@ -129,7 +140,8 @@ class LiveScorer:
         self._regime_changes(done)
         self._close_quiet_episodes(scores, done)
         summary = batch_summary(self.detector, scores[DEVICE].tolist(), anomalies, self.stream.last_features,
-                                latency_ms, windows, self.model_version, done, scores["learning"].tolist())
+                                latency_ms, windows, self.model_version, done, scores["learning"].tolist(),
+                                scores["score"].tolist(), scores["threshold"].tolist())
         return scores, summary
 
     def _anomalies(self, scores: pd.DataFrame, now_s: float) -> list[tuple[str, int, float, list[str]]]:

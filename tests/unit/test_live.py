@@ -211,6 +211,10 @@ def test_summary_counts_devices_windows_anomalies_and_feature_bins(detector, sto
         assert metrics and set(metrics) <= set(METRICS) and len(set(metrics)) == len(metrics)
         assert feed_ms(SPIKES_S[0][0]) <= ts_ms < feed_ms(99)
     assert summary.anomalies[0][3][0] == "latency"
+    # each device's newest score and threshold, for /metrics (the pool's batches carry them too)
+    newest = scores.groupby("device_id").tail(1).set_index("device_id")
+    assert summary.scores == pytest.approx(newest["score"].to_dict())
+    assert summary.thresholds == pytest.approx(newest["threshold"].to_dict())
 
     assert list(summary.feature_counts) == detector.feature_names
     for name, counts in summary.feature_counts.items():
