@@ -220,3 +220,44 @@ def test_drift_alert_only_for_a_drifted_feed(tmp_path, trained_model, monitor_cl
         assert {m for a in drift_alerts for m in a["metrics"]} == {"latency"}, stats["drift"]
     else:
         assert drift_alerts == [], stats["drift"]
+
+
+def test_the_device_list_reloads_into_a_running_pipeline(tmp_path, monitor_cleanup, components):
+    from actors.pipeline import start_pipeline
+    from eyenet.errors import ConfigError
+    from eyenet.sources.specs import DeviceSpec
+
+    def exporter(device_id):
+        return {"id": device_id, "node_exporter": {"url": components.node_exporter_url, "interface": "lo"}}
+
+    config = make_config(tmp_path, sample_interval_s=2.0, devices=[exporter("ne-a")])
+    store = open_store(config.store_uri)
+    pipeline = start_pipeline(config, "devices", {}, score=False)
+
+    def rows(device):
+        frame = store.read_range(None, None)
+        return int((frame[DEVICE] == device).sum())
+
+    try:
+        wait_for(lambda: rows("ne-a") >= 2, 60, "ne-a's first samples")
+        change = pipeline.reload_devices([DeviceSpec(**exporter("ne-a")), DeviceSpec(**exporter("ne-b"))])
+        assert change["added"] == ["ne-b"] and change["removed"] == []
+        wait_for(lambda: rows("ne-b") >= 2, 60, "the added device's samples")
+        # ne-a's collector was replaced with the group, yet kept its counter baseline
+        before = rows("ne-a")
+        wait_for(lambda: rows("ne-a") >= before + 2, 60, "ne-a to go on after the reload")
+        frame = store.read_range(None, None)
+        assert frame[frame[DEVICE] == "ne-a"]["bytes_in"].isna().sum() == 1   # its one baseline
+        bad = {"id": "ne-c", "node_exporter": {"url": components.node_exporter_url,
+                                               "metrics": {"jitter": "node_load1"}}}
+        with pytest.raises(ConfigError, match="jitter"):
+            pipeline.reload_devices([DeviceSpec(**exporter("ne-b")), DeviceSpec(**bad)])
+        change = pipeline.reload_devices([DeviceSpec(**exporter("ne-b"))])
+        assert change["removed"] == ["ne-a"]
+        gone_at = rows("ne-a")
+        before_b = rows("ne-b")
+        wait_for(lambda: rows("ne-b") >= before_b + 2, 60, "ne-b to go on alone")
+        assert rows("ne-a") <= gone_at + 1        # at most the poll in flight at the reload
+        assert pipeline.groups == [["ne-b"]]
+    finally:
+        pipeline.stop()

@@ -7,15 +7,22 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import pytest
+import uvicorn
 
+from eyenet.monitoring.monitor import Monitor, ScoreSummary
 from eyenet.sources.devices import DeviceSource
 from eyenet.store import open_store
 from eyenet.streaming.collector import Collector
 from eyenet.telemetry.schema import to_ms
-from tests.helpers import wait_for
+from serve_app.api import create_app
+from serve_app.local import StoreViews
+from tests.helpers import ListSink, free_port, wait_for
 from tests.synthetic import make_config
 
 pytestmark = pytest.mark.integration
@@ -37,6 +44,7 @@ def credentials(components, monkeypatch):
 
 
 def collect(tmp_path, devices, name="real"):
+    """A collector of these devices into a fresh store (with ``name``)."""
     # a poll waits for its slowest device (a wrong key times out), so gaps are judged at 5 s
     config = make_config(tmp_path, devices=devices, sample_interval_s=5.0,
                          streaming={"retry_initial_s": 0.2, "retry_max_s": 1.0})
@@ -189,3 +197,47 @@ def test_prometheus_range_queries_store_the_node_counter_and_a_promql_error_is_t
     assert set(steps_ms.tolist()) == {1000}                     # the step grid, nothing twice
     assert (stored["bytes_in"].dropna() > 0).all()              # Prometheus' own scrapes cross lo
     assert "parse error" in collector.stats()["failing_devices"]["typo"]["error"]
+
+
+def prometheus_value(components, query: str) -> float | None:
+    url = f"{components.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        result = json.load(reply)["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_a_real_prometheus_scrapes_eyenets_metrics_and_gives_the_devices_score_back(
+        tmp_path, components, credentials):
+    collector, store = collect(tmp_path, [
+        {"id": "sw-1", "snmp": agent(components, community_env="T_SNMP_COMMUNITY", interface="lo")}],
+        name="snmp-0")
+    monitor = Monitor(collector.config, store, None, model_version=1, sinks=[ListSink()])
+    monitor.record(ScoreSummary(sent_at_s=time.time(), latency_ms=12.0, n_windows=1,
+                                device_counts={"sw-1": 1}, judged_devices=["sw-1"],
+                                scores={"sw-1": 0.73}, thresholds={"sw-1": 0.5}))
+    views = StoreViews(collector.config, store)
+    views.monitor, views.collectors = monitor, [collector]
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(views), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    target = f"127.0.0.1:{port}"
+    try:
+        poll_until(collector, lambda: stored_rows(store) >= 2, "two SNMP samples stored")
+        wait_for(lambda: server.started, 20, "EyeNet's API to listen")
+        components.add_scrape_target(target, {"test": "scrape"})
+        components.wait_target_up("eyenet", target)
+        score = wait_for(lambda: prometheus_value(
+            components, f'eyenet_device_anomaly_score{{device="sw-1",instance="{target}"}}'),
+            30, "Prometheus to hold the device's score")
+        stored = wait_for(lambda: prometheus_value(
+            components, f'eyenet_collector_samples_stored_total{{collector="snmp-0",instance="{target}"}}'),
+            30, "Prometheus to hold the collector's stored count")
+    finally:
+        components.remove_scrape_target(target)
+        server.should_exit = True
+        thread.join(10)
+        collector.source.close()
+    assert score == 0.73
+    assert stored >= 2

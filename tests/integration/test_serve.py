@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import httpx2 as httpx
 import pandas as pd
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from eyenet.config import EyeNetConfig
+from eyenet.config import DEFAULT_MODEL_NAME, EyeNetConfig
 from eyenet.detection.detector import Detector
 from eyenet.models.registry import ModelRegistry
 from eyenet.store import open_store
@@ -132,6 +133,16 @@ def test_request_latency_and_features_reach_the_monitor(served):
 
         # replicas look the monitor up every 10 s
         wait_for(recorded, 90, "the monitor to record request latency", poll_s=0.5)
+        # the ingress gathers /metrics from the monitor actor, the store and the registry
+        reply = httpx.get(f"{url}/metrics", timeout=30)
+        assert reply.status_code == 200
+        series = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                  for family in text_string_to_metric_families(reply.text) for s in family.samples}
+        assert series[("eyenet_component_up", (("component", "monitor"),))] == 1
+        assert series[("eyenet_production_model_version", (("model", DEFAULT_MODEL_NAME),))] == 1
+        assert 0 <= series[("eyenet_device_anomaly_score", (("device", "w9"),))] <= 1
+        assert series[("eyenet_scored_points_total", (("device", "w9"),))] >= 1
+        assert series[("eyenet_scoring_latency_seconds_count", ())] >= 1
     finally:
         ray.kill(monitor, no_restart=True)
         wait_for(lambda: find_monitor() is None, 30, "the monitor to go")
