@@ -9,6 +9,7 @@ resumes from the store, and polling goes on without anyone calling ``start``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -49,6 +50,14 @@ def next_poll_delay_s(now_s: float, interval_s: float, started_s: float) -> floa
     return max(0.0, next_tick - now_s)
 
 
+def freeze_long_lived_objects() -> None:
+    """Move what exists now (modules, config, the source) out of the garbage collector's
+    sight: SNMP decoding allocates objects by the million, each full collection then
+    rescanned them all (measured: 10 % of a poll's CPU with 400 devices per collector)."""
+    gc.collect()
+    gc.freeze()
+
+
 def route(device_id: str, n_actors: int) -> int:
     """The feature actor that scores ``device_id``: stable, so its stream state stays put."""
     return zlib.crc32(device_id.encode()) % n_actors
@@ -62,6 +71,7 @@ class CollectorActor:
         source = build_source(source_kind, self.config, **source_options)
         self.core = Collector(self.config, source, open_store(self.config.store_uri), device_ids, name,
                               start_ms=start_ms)
+        freeze_long_lived_objects()
         self.feature_actors = list(feature_actors or [])
         self.forwarded: Counter[str] = Counter()
         self._inflight: list[Any] = []

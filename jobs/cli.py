@@ -33,6 +33,7 @@ from jobs.options import (
     ReportOptions,
     ServeBenchOptions,
     ServeOptions,
+    SourcesBenchOptions,
     StoreBenchOptions,
     TrainBenchOptions,
     TrainOptions,
@@ -89,6 +90,8 @@ BENCHES = (
     ("serve", "HTTP requests/s against a no-op deployment", ServeBenchOptions, _job("jobs.bench_serve")),
     ("fleet", "false positives and recall on devices the model never saw",
      FleetBenchOptions, _job("jobs.bench_fleet")),
+    ("sources", "SNMP agent polls per second one collector sustains (starts its own snmpd agents)",
+     SourcesBenchOptions, _job("jobs.bench_sources")),
 )
 
 

@@ -305,6 +305,21 @@ class FleetBenchOptions(Options):
     json: bool = opt(False, "print one JSON object")
 
 
+@dataclass(kw_only=True)
+class SourcesBenchOptions(Options):
+    agents: int = opt(8, "snmpd agents started on loopback ports")
+    devices: int = opt(2000, "devices polled, spread over the agents")
+    rounds: int = opt(5, "poll rounds measured (after a first one)")
+    interface: str | None = opt(None, "each device is this one interface (default: the agent, summed)")
+    json: bool = opt(False, "print one JSON object")
+
+    def __post_init__(self) -> None:
+        counts = (("--agents", self.agents), ("--devices", self.devices), ("--rounds", self.rounds))
+        for flag, value in counts:
+            if value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}", flag.lstrip("-"), value)
+
+
 # -- running a job from a command line -----------------------------------------------------------
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-SNMPD = "/usr/sbin/snmpd"
+from jobs.snmp_agents import SNMPD, snmpd_argv, write_agent_config
+
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 PROMETHEUS = "/usr/bin/prometheus"
 SNMP_CLI = ("/usr/bin/snmpget", "/usr/bin/snmpbulkwalk")  # what the tests query snmpd with
@@ -194,27 +195,12 @@ def _snmp_answers(addr: str, community: str) -> bool:
 # --- the three components ----------------------------------------------------------------------
 
 def _start_snmpd(d: Path, port: int) -> int:
-    # -C: none of /etc/snmp. But -C skips the persistent snmpd.conf too, so -c names it as well:
-    # createUser must be there (snmpd turns it into usmUser lines on exit). -A: append to the
-    # log across restarts. -m '': no MIB files (Debian ships few; the agent needs none).
-    # -I -smux...: SMUX would listen on TCP 199 (clashing with any other snmpd); AgentX stays
-    # off. No -u/-g: it stays root, which the agent minds not at all.
-    argv = [SNMPD, "-f", "-A", "-Lf", str(d / "snmpd.log"), "-C",
-            "-c", f"{d / 'snmpd.conf'},{d / 'snmp' / 'snmpd.conf'}", "-m", "",
-            "-I", "-smux,mteTrigger,mteTriggerConf", "-p", str(d / "snmpd.pid"), f"udp:127.0.0.1:{port}"]
-    # engineID, engineBoots and the users persist under DIR, not /var/lib/snmp.
-    return _spawn(d, "snmpd", argv, {"SNMP_PERSISTENT_DIR": str(d / "snmp")})
+    # the agent's flags and files: jobs/snmp_agents.py (the sources benchmark starts the same)
+    return _spawn(d, "snmpd", snmpd_argv(d, port), {"SNMP_PERSISTENT_DIR": str(d / "snmp")})
 
 
 def _write_configs(d: Path, c: Components, node_port: int) -> None:
-    (d / "snmp").mkdir(mode=0o700)
-    (d / "snmpd.conf").write_text(
-        "# written by tests/components.py\n"
-        f"rocommunity {c.snmp_community} 127.0.0.1\n"
-        f"rouser {c.snmp_v3_user} priv\n"
-        "dontLogTCPWrappersConnects yes\n")  # no log line per request (the readiness poll)
-    (d / "snmp" / "snmpd.conf").write_text(
-        f"createUser {c.snmp_v3_user} SHA {c.snmp_v3_auth} AES {c.snmp_v3_priv}\n")
+    write_agent_config(d, c.snmp_community, (c.snmp_v3_user, c.snmp_v3_auth, c.snmp_v3_priv))
     Path(c.prometheus_targets).mkdir()
     (d / "prometheus.yml").write_text(json.dumps({  # JSON is YAML: no yaml needed here
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},

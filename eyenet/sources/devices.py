@@ -37,7 +37,10 @@ from eyenet.sources.specs import DeviceSpec
 from eyenet.telemetry.schema import DEVICE, TIMESTAMP, from_ms
 
 log = logging.getLogger(__name__)
-POLL_CONCURRENCY = 256
+# Polls in flight at once. Measured on 2 cores against 4 loopback agents: 64 gave 254 polls/s
+# at 3.9 ms CPU each, 16 gave 221, 256 only 130 at 6.0 ms (pysnmp's per-request bookkeeping
+# grows with what is pending, and late answers time out and are retried).
+POLL_CONCURRENCY = 64
 POLL_ERRORS = (SnmpPollError, PrometheusSourceError, ProbeError, SourceError)
 
 

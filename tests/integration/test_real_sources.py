@@ -102,7 +102,8 @@ def poll_until(collector, condition, what, timeout_s=40.0):
 def test_snmp_v2c_rates_follow_traffic_generated_on_loopback(tmp_path, components, credentials):
     collector, store = collect(tmp_path, [
         {"id": "lo", "snmp": agent(components, community_env="T_SNMP_COMMUNITY", interface="lo")},
-        {"id": "agent", "snmp": agent(components, community_env="T_SNMP_COMMUNITY")}])
+        {"id": "agent", "snmp": agent(components, community_env="T_SNMP_COMMUNITY")},
+        {"id": "no-such-if", "snmp": agent(components, community_env="T_SNMP_COMMUNITY", interface="eth99")}])
     try:
         poll_until(collector, lambda: stored_rows(store) >= 2, "a first SNMP sample per device")
         before_ms = collector.cursor_ms["lo"]
@@ -117,7 +118,10 @@ def test_snmp_v2c_rates_follow_traffic_generated_on_loopback(tmp_path, component
             counted = counted_bytes(store, device, metric, before_ms)
             assert TRAFFIC_BYTES <= counted <= 1.25 * TRAFFIC_BYTES, (device, metric, counted)
     assert counted_bytes(store, "lo", "packets_in", before_ms) >= TRAFFIC_BYTES / 65536
-    assert collector.stats()["failing_devices"] == {}
+    failing = collector.stats()["failing_devices"]
+    assert list(failing) == ["no-such-if"]
+    error = failing["no-such-if"]["error"]
+    assert "no interface 'eth99' (has " in error and "lo" in error
 
 
 def test_snmp_v3_auth_priv_polls_and_wrong_keys_fail_without_showing_them(tmp_path, components,
@@ -241,3 +245,14 @@ def test_a_real_prometheus_scrapes_eyenets_metrics_and_gives_the_devices_score_b
         collector.source.close()
     assert score == 0.73
     assert stored >= 2
+
+
+def test_the_sources_bench_polls_its_own_agents_and_says_when_snmpd_is_missing(components, monkeypatch):
+    from eyenet.config import EyeNetConfig
+    from jobs import bench_sources
+
+    result = bench_sources.run_sources_bench(EyeNetConfig(), agents=2, devices=6, rounds=2)
+    assert result["polls"] == 12 and result["failed_polls"] == 0
+    assert result["stored_samples"] >= 12 and result["polls_per_s"] > 0
+    monkeypatch.setattr(bench_sources, "snmpd_installed", lambda: False)
+    assert "not installed" in bench_sources.run_sources_bench(EyeNetConfig(), 1, 1, 1)["snmpd"]
