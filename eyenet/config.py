@@ -42,7 +42,9 @@ DEFAULT_METRIC_MAX = {"bytes_in": 1.25e11, "bytes_out": 1.25e11, "packets_in": 2
                       "packets_out": 2e9, "latency": 3.6e6}
 ENV_PREFIX = "EYENET_"
 # Environment variables with the prefix that are not config fields.
-RESERVED_ENV = {"EYENET_CONFIG", "EYENET_API_KEY", "EYENET_ADMIN_KEY", "EYENET_TEST_MONGO_URI"}
+RESERVED_ENV = {"EYENET_CONFIG", "EYENET_API_KEY", "EYENET_ADMIN_KEY"}
+# EYENET_TEST_* name what the test suite runs against (a MongoDB, the components .ci/run starts)
+RESERVED_ENV_PREFIX = "EYENET_TEST_"
 METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Names the telemetry schema and the stores use for their own columns.
 RESERVED_METRIC_NAMES = {"device_id", "timestamp", "label", "ts_ms", "_id"}
@@ -421,7 +423,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
         for dotted in _leaf_paths(data):
             sources[dotted] = str(path)
     for key, raw in sorted(env.items()):
-        if not key.startswith(ENV_PREFIX) or key in RESERVED_ENV:
+        if not key.startswith(ENV_PREFIX) or key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIX):
             continue
         parts = key[len(ENV_PREFIX):].lower().split("__")
         _check_env_path(key, parts)

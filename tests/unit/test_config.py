@@ -102,6 +102,13 @@ def test_reserved_env_vars_are_not_settings():
     assert "secret" not in str(c.to_dict())
 
 
+def test_the_test_suites_component_variables_are_not_settings():
+    # .ci/run exports these for the whole test run; every `eyenet` the tests start reads them
+    env = {"EYENET_TEST_SNMP_ADDR": "127.0.0.1:1161", "EYENET_TEST_COMPONENTS_DIR": "/tmp/c",
+           "EYENET_TEST_SNMPD_PID": "42"}
+    assert load_config(env=env).to_dict() == load_config(env={}).to_dict()
+
+
 def test_round_trip_and_pickle():
     c = load_config(env={"EYENET_SAMPLE_INTERVAL_S": "42"})
     assert EyeNetConfig.from_dict(c.to_dict()) == c
