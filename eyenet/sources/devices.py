@@ -165,6 +165,10 @@ class DeviceSource(Source):
                 except POLL_ERRORS as exc:
                     self.poll_errors[spec.kind] += 1
                     result.failed[device_id] = str(exc)
+                except Exception as exc:  # a fault of ours stays this device's, not the fleet's
+                    self.poll_errors[spec.kind] += 1
+                    result.failed[device_id] = f"{spec.kind} poll failed: {type(exc).__name__}: {exc}"
+                    log.exception("device %s: %s poll failed", device_id, spec.kind)
 
         await asyncio.gather(*(one(d) for d in device_ids))
         return rows

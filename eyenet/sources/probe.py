@@ -75,7 +75,9 @@ async def _icmp_ms(host: str, timeout_s: float) -> float:
     packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
     try:
         started = time.perf_counter()
-        await loop.sock_sendto(sock, packet, (address, 0))
+        # a plain sendto on the non-blocking socket: one echo request never blocks, and
+        # uvloop (the loop Ray's processes run) has no sock_sendto
+        sock.sendto(packet, (address, 0))
         deadline = started + timeout_s
         while True:
             left = deadline - time.perf_counter()

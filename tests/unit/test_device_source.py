@@ -141,6 +141,30 @@ def test_failing_devices_are_counted_apart_and_no_credential_reaches_an_error_or
         assert value not in text
 
 
+class FaultyAgent(RecordedAgent):
+    """Answers like a recording, except for one device whose poll hits a bug of ours."""
+
+    async def poll(self, device_id, spec, credentials) -> SnmpReading:
+        if device_id == "buggy":
+            raise NotImplementedError("sock_sendto")
+        return await super().poll(device_id, spec, credentials)
+
+
+def test_an_unexpected_fault_in_one_devices_poll_fails_that_device_only(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("SNMP_COMMUNITY", "public-test")
+    config = devices_config(tmp_path, [{"id": "buggy", "snmp": {"host": "127.0.0.1"}},
+                                       {"id": "fine", "snmp": {"host": "127.0.0.1"}}])
+    source = DeviceSource(config, snmp_poller=FaultyAgent([reading(1_000, 10)]))
+    try:
+        now = source.now_ms()
+        result = source.fetch(source.devices(), now - 1000, now)
+    finally:
+        source.close()
+    assert result.samples["device_id"].tolist() == ["fine"]
+    assert result.failed == {"buggy": "snmp poll failed: NotImplementedError: sock_sendto"}
+    assert "device buggy: snmp poll failed" in caplog.text
+
+
 class Pages(http.server.BaseHTTPRequestHandler):
     pages: ClassVar[dict[str, tuple[int, str, str]]] = {}
     asked: ClassVar[list[str]] = []

@@ -22,8 +22,14 @@ def test_a_tcp_probe_times_a_connect_and_a_closed_port_is_an_error_naming_it():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="ICMP needs a ping socket or root (raw socket)")
-def test_an_icmp_probe_gets_an_echo_reply_from_loopback():
-    assert 0 < asyncio.run(probe_ms(ProbeSpec(kind="icmp"), "127.0.0.1")) < 1000
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_an_icmp_probe_gets_an_echo_reply_from_loopback(loop):
+    # uvloop is the loop inside Ray's worker processes (a collector actor): it has no sock_sendto
+    import uvloop
+
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        assert 0 < runner.run(probe_ms(ProbeSpec(kind="icmp"), "127.0.0.1")) < 1000
 
 
 def test_an_unresolvable_host_is_an_error_naming_it():
