@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pysnmp.hlapi.v3arch.asyncio import (
@@ -26,6 +26,7 @@ from pysnmp.hlapi.v3arch.asyncio import (
     UdpTransportTarget,
     UsmUserData,
     bulk_cmd,
+    get_cmd,
 )
 from pysnmp.hlapi.v3arch.asyncio import auth as usm
 from pysnmp.proto.rfc1902 import Counter32, Counter64, Gauge32, Integer32, Unsigned32
@@ -72,23 +73,36 @@ def auth_data(device_id: str, spec: SnmpSpec) -> CommunityData | UsmUserData:
                        authProtocol=AUTH[spec.auth_protocol], privProtocol=PRIV[spec.priv_protocol])
 
 
+@dataclass
+class _Agent:
+    """What the poller learned of one device's agent (see :class:`SnmpPoller`)."""
+
+    bits: int = 64                    # 32 once the agent showed no ifHC* counters
+    rows: int | None = None           # interfaces at the last table check
+    polls: int = 0
+    uptime_cs: int = 0
+    labels: dict[int, set[str]] = field(default_factory=dict)   # ifIndex -> names, at the last check
+    chosen: list[int] = field(default_factory=list)             # the device's ifIndexes
+
+
 class SnmpPoller:
-    """IF-MIB polls for many agents; create and use it on one event loop."""
+    """IF-MIB polls for many agents; create and use it on one event loop.
+
+    Decoding varbinds is most of a poll's CPU (pyasn1, ~0.2 ms each), so a poll asks for no
+    more than it needs: GETBULK for exactly the rows the agent had at its last *table check*
+    (not the ``max_repetitions`` an agent would fill past the table's end: 101 varbinds for
+    4 interfaces instead of 17), and a device that is one interface is a GET of its five
+    OIDs. Every ``TABLE_RECHECK_POLLS``-th poll, and the poll after an agent restarted, is
+    a table check: one row more per column (to see each column end, so a new interface
+    shows) and the interface names.
+    """
 
     def __init__(self) -> None:
         # one engine per v3 credential set: an engine keeps one USM entry per user name, so
         # two agents with the same user and different keys would overwrite each other's keys
         self._engines: dict[Any, SnmpEngine] = {}
         self._targets: dict[tuple[str, int, float, int], UdpTransportTarget] = {}
-        self._bits: dict[str, int] = {}   # device -> counter width found on its agent
-        # device -> interfaces its agent had last time. GETBULK then asks for exactly that
-        # many rows, and every TABLE_RECHECK_POLLS-th poll (and after an agent restart) for
-        # one more, to see each column end and so notice a new interface: decoding varbinds
-        # is most of a poll's CPU (pyasn1, ~0.2 ms each), and rows past a table's end are
-        # wasted (at the default 25 repetitions, 4 interfaces cost 101 varbinds, not 17)
-        self._rows: dict[str, int] = {}
-        self._polls: dict[str, int] = {}
-        self._uptime_cs: dict[str, int] = {}
+        self._agents: dict[str, _Agent] = {}
 
     def engine_for(self, credentials: Any) -> SnmpEngine:
         key: Any = "v2c"
@@ -106,8 +120,7 @@ class SnmpPoller:
         self._engines.clear()
         await asyncio.sleep(0)   # let the cancelled timer task finish before the loop closes
 
-    async def poll(self, device_id: str, spec: SnmpSpec, credentials: Any) -> SnmpReading:
-        where = f"SNMP agent {spec.host}:{spec.port}"
+    async def _target(self, where: str, spec: SnmpSpec) -> UdpTransportTarget:
         key = (spec.host, spec.port, spec.timeout_s, spec.retries)
         if key not in self._targets:
             try:
@@ -115,37 +128,74 @@ class SnmpPoller:
                     (spec.host, spec.port), timeout=spec.timeout_s, retries=spec.retries)
             except Exception as exc:  # name resolution: pysnmp raises its own error types
                 raise SnmpPollError(f"{where}: cannot resolve host: {exc}") from None
-        target = self._targets[key]
-        names = spec.interface is not None or bool(spec.exclude_interfaces)
-        counters = sorted({spec.metrics[m] for m in spec.metrics})
-        bits = self._bits.get(device_id, 64)
-        known = self._rows.get(device_id)
-        self._polls[device_id] = polls = self._polls.get(device_id, 0) + 1
-        trusted = known if known and polls % TABLE_RECHECK_POLLS else None
-        repetitions = min(spec.max_repetitions, trusted or (known or spec.max_repetitions) + 1)
-        uptime, columns = await self._walk(where, spec, credentials, target,
-                                           self._columns(counters, bits, names), repetitions, trusted)
-        if bits == 64 and not any(columns[IF_COUNTERS[c][0]] for c in counters):
-            bits = 32   # no ifHC* counters on this agent: its 32-bit ones, wrapping at 2**32
-            uptime, columns = await self._walk(where, spec, credentials, target,
-                                               self._columns(counters, bits, names), repetitions, trusted)
-        if uptime < self._uptime_cs.get(device_id, 0):
-            self._polls[device_id] = TABLE_RECHECK_POLLS - 1   # restarted: recheck its table next poll
-        self._uptime_cs[device_id] = uptime
-        if not any(columns[IF_COUNTERS[c][1 if bits == 32 else 0]] for c in counters):
+        return self._targets[key]
+
+    async def poll(self, device_id: str, spec: SnmpSpec, credentials: Any) -> SnmpReading:
+        where = f"SNMP agent {spec.host}:{spec.port}"
+        target = await self._target(where, spec)
+        agent = self._agents.setdefault(device_id, _Agent())
+        agent.polls += 1
+        counters = sorted(set(spec.metrics.values()))
+        check = agent.rows is None or agent.polls % TABLE_RECHECK_POLLS == 0
+        reading = None
+        if not check and spec.interface is not None and agent.chosen:
+            reading = await self._get_interface(where, credentials, target, agent, counters)
+        if reading is None:   # a table check, or the interface's row is gone
+            reading = await self._read_table(where, spec, credentials, target, agent, counters)
+        if reading.uptime_cs < agent.uptime_cs:
+            agent.polls = TABLE_RECHECK_POLLS - 1   # the agent restarted: check its table next poll
+        agent.uptime_cs = reading.uptime_cs
+        return reading
+
+    async def _get_interface(self, where: str, credentials: Any, target: UdpTransportTarget,
+                             agent: _Agent, counters: list[str]) -> SnmpReading | None:
+        index = agent.chosen[0]
+        oids = [f"{IF_COUNTERS[c][agent.bits == 32]}.{index}" for c in counters]
+        error, status, error_index, binds = await get_cmd(
+            self.engine_for(credentials), credentials, target, ContextData(),
+            *(_request_object(o) for o in (SYS_UPTIME, *oids)), lookupMib=False)
+        self._check_answer(where, error, status, error_index, binds)
+        uptime = self._uptime(where, binds[0])
+        values: dict[str, float] = {}
+        for counter, (oid, value) in zip(counters, binds[1:], strict=True):
+            if not _has_value(value):
+                return None
+            values[counter] = float(self._number(where, str(oid), value))
+        return SnmpReading(values, agent.bits, uptime, [min(agent.labels.get(index, {str(index)}))])
+
+    async def _read_table(self, where: str, spec: SnmpSpec, credentials: Any, target: UdpTransportTarget,
+                          agent: _Agent, counters: list[str]) -> SnmpReading:
+        needs_names = spec.interface is not None or bool(spec.exclude_interfaces)
+        check = agent.rows is None or agent.polls % TABLE_RECHECK_POLLS == 0 or (
+            needs_names and not agent.labels) or spec.interface is not None
+        trusted = None if check else agent.rows
+        repetitions = min(spec.max_repetitions, trusted or (agent.rows or spec.max_repetitions) + 1)
+        names = needs_names and check
+
+        async def walk() -> tuple[int, dict[str, dict[int, Any]]]:
+            return await self._walk(where, credentials, target, self._columns(counters, agent.bits, names),
+                                    repetitions, trusted)
+
+        uptime, columns = await walk()
+        if agent.bits == 64 and not any(columns[IF_COUNTERS[c][0]] for c in counters):
+            agent.bits = 32   # no ifHC* counters on this agent: its 32-bit ones, wrapping at 2**32
+            uptime, columns = await walk()
+        if not any(columns[IF_COUNTERS[c][agent.bits == 32]] for c in counters):
+            agent.bits = 64
             raise SnmpPollError(f"{where}: no IF-MIB interface counters (ifHCInOctets or ifInOctets)")
-        self._bits[device_id] = bits
-        label = self._labels(columns) if names else {}
-        indexes = sorted(set().union(*(columns[IF_COUNTERS[c][bits == 32]] for c in counters)))
-        self._rows[device_id] = len(indexes)
-        chosen = self._choose(where, spec, indexes, label)
+        if names:
+            agent.labels = self._labels(columns)
+        indexes = sorted(set().union(*(columns[IF_COUNTERS[c][agent.bits == 32]] for c in counters)))
+        agent.rows = len(indexes)
+        agent.chosen = self._choose(where, spec, indexes, agent.labels)
         summed: dict[str, float] = {}
         for counter in counters:
-            oid = IF_COUNTERS[counter][bits == 32]
-            values = [columns[oid][i] for i in chosen if i in columns[oid]]
+            oid = IF_COUNTERS[counter][agent.bits == 32]
+            values = [columns[oid][i] for i in agent.chosen if i in columns[oid]]
             if values:
                 summed[counter] = float(sum(values))
-        return SnmpReading(summed, bits, uptime, [min(label.get(i, {str(i)})) for i in chosen])
+        return SnmpReading(summed, agent.bits, uptime,
+                           [min(agent.labels.get(i, {str(i)})) for i in agent.chosen])
 
     @staticmethod
     def _columns(counters: list[str], bits: int, names: bool) -> list[str]:
@@ -172,7 +222,7 @@ class SnmpPoller:
             return chosen[:1]
         return [i for i in indexes if not label.get(i, set()) & set(spec.exclude_interfaces)]
 
-    async def _walk(self, where: str, spec: SnmpSpec, credentials: Any, target: UdpTransportTarget,
+    async def _walk(self, where: str, credentials: Any, target: UdpTransportTarget,
                     columns: list[str], repetitions: int,
                     known_rows: int | None = None) -> tuple[int, dict[str, dict[int, Any]]]:
         """sysUpTime and every row of ``columns`` (ifIndex -> value), by paged GETBULK; with
@@ -185,12 +235,7 @@ class SnmpPoller:
             error, status, index, binds = await bulk_cmd(
                 self.engine_for(credentials), credentials, target, ContextData(), 1, repetitions, *request,
                 lookupMib=False)
-            if error:
-                raise SnmpPollError(f"{where}: {error}")
-            if int(status):
-                raise SnmpPollError(f"{where}: agent answered {status.prettyPrint()} at varbind {int(index)}")
-            if not binds:
-                raise SnmpPollError(f"{where}: empty response")
+            self._check_answer(where, error, status, index, binds)
             uptime = self._uptime(where, binds[0])
             open_columns, before = list(start), dict(start)
             rows = binds[1:]
@@ -203,11 +248,9 @@ class SnmpPoller:
                 if not oid.startswith(column + ".") or not _has_value(value):
                     still.discard(column)
                     continue
-                if column not in (IF_NAME, IF_DESCR) and not isinstance(value, NUMERIC):
-                    raise SnmpPollError(f"{where}: {oid} is not a number ({type(value).__name__} "
-                                        f"{value.prettyPrint()!r})")
                 row = int(oid.rsplit(".", 1)[1])
-                found[column][row] = value if column in (IF_NAME, IF_DESCR) else int(value)
+                is_name = column in (IF_NAME, IF_DESCR)
+                found[column][row] = value if is_name else self._number(where, oid, value)
                 start[column] = oid
             if known_rows is not None:
                 still = {c for c in still if len(found[c]) < known_rows}
@@ -218,6 +261,22 @@ class SnmpPoller:
             start = {c: start[c] for c in still}
         assert uptime is not None
         return uptime, found
+
+    @staticmethod
+    def _check_answer(where: str, error: Any, status: Any, index: Any, binds: Any) -> None:
+        if error:
+            raise SnmpPollError(f"{where}: {error}")
+        if int(status):
+            raise SnmpPollError(f"{where}: agent answered {status.prettyPrint()} at varbind {int(index)}")
+        if not binds:
+            raise SnmpPollError(f"{where}: empty response")
+
+    @staticmethod
+    def _number(where: str, oid: str, value: Any) -> int:
+        if not isinstance(value, NUMERIC):
+            raise SnmpPollError(f"{where}: {oid} is not a number ({type(value).__name__} "
+                                f"{value.prettyPrint()!r})")
+        return int(value)
 
     @staticmethod
     def _uptime(where: str, bind: Any) -> int:
