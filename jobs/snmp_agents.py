@@ -33,15 +33,22 @@ def snmpd_argv(directory: Path, port: int) -> list[str]:
 
 
 def write_agent_config(directory: Path, community: str, v3_user: tuple[str, str, str] | None = None) -> None:
-    """A read-only v2c community for 127.0.0.1 and, given (user, auth, priv), a v3 authPriv
-    user (SHA, AES). ``dontLogTCPWrappersConnects``: no log line per request."""
+    """A read-only v2c community for 127.0.0.1; ``COMMUNITY-system``, a second one that sees
+    only the system group (the agent as one without IF-MIB looks); given (user, auth, priv),
+    a v3 authPriv user (SHA, AES). ``dontLogTCPWrappersConnects``: no log line per request."""
     d = Path(directory)
     (d / "snmp").mkdir(mode=0o700, parents=True, exist_ok=True)
-    lines = [f"rocommunity {community} 127.0.0.1", "dontLogTCPWrappersConnects yes"]
+    lines = [f"rocommunity {community} 127.0.0.1", "view systemonly included .1.3.6.1.2.1.1",
+             f"rocommunity {system_only_community(community)} 127.0.0.1 -V systemonly",
+             "dontLogTCPWrappersConnects yes"]
     if v3_user:
         lines.insert(1, f"rouser {v3_user[0]} priv")
         (d / "snmp" / "snmpd.conf").write_text(f"createUser {v3_user[0]} SHA {v3_user[1]} AES {v3_user[2]}\n")
     (d / "snmpd.conf").write_text("\n".join(lines) + "\n")
+
+
+def system_only_community(community: str) -> str:
+    return f"{community}-system"
 
 
 def start_agent(directory: Path, port: int) -> subprocess.Popen:

@@ -99,18 +99,25 @@ def poll_until(collector, condition, what, timeout_s=40.0):
     return wait_for(step, timeout_s, what, poll_s=0.5)
 
 
+def send_traffic_until_counted(collector, store, first_rows: int) -> int:
+    """Poll until ``first_rows`` are stored, send TRAFFIC_BYTES over loopback, poll until
+    device ``lo``'s stored bytes_in rates account for them; the cursor before the traffic."""
+    poll_until(collector, lambda: stored_rows(store) >= first_rows, "first samples")
+    before_ms = collector.cursor_ms["lo"]
+    loopback_traffic(TRAFFIC_BYTES)
+    # snmpd refreshes its interface table every few seconds: wait for the counters to move
+    poll_until(collector, lambda: counted_bytes(store, "lo", "bytes_in", before_ms) >= TRAFFIC_BYTES,
+               "the stored bytes_in rates to account for the traffic")
+    return before_ms
+
+
 def test_snmp_v2c_rates_follow_traffic_generated_on_loopback(tmp_path, components, credentials):
     collector, store = collect(tmp_path, [
         {"id": "lo", "snmp": agent(components, community_env="T_SNMP_COMMUNITY", interface="lo")},
         {"id": "agent", "snmp": agent(components, community_env="T_SNMP_COMMUNITY")},
         {"id": "no-such-if", "snmp": agent(components, community_env="T_SNMP_COMMUNITY", interface="eth99")}])
     try:
-        poll_until(collector, lambda: stored_rows(store) >= 2, "a first SNMP sample per device")
-        before_ms = collector.cursor_ms["lo"]
-        loopback_traffic(TRAFFIC_BYTES)
-        # snmpd refreshes its interface table every few seconds: wait for the counters to move
-        poll_until(collector, lambda: counted_bytes(store, "lo", "bytes_in", before_ms) >= TRAFFIC_BYTES,
-                   "the stored bytes_in rates to account for the traffic")
+        before_ms = send_traffic_until_counted(collector, store, first_rows=2)
     finally:
         collector.source.close()
     for device in ("lo", "agent"):
@@ -122,6 +129,22 @@ def test_snmp_v2c_rates_follow_traffic_generated_on_loopback(tmp_path, component
     assert list(failing) == ["no-such-if"]
     error = failing["no-such-if"]["error"]
     assert "no interface 'eth99' (has " in error and "lo" in error
+
+
+def test_an_agent_without_if_mib_is_that_devices_error(tmp_path, components, monkeypatch):
+    from jobs.snmp_agents import system_only_community
+
+    monkeypatch.setenv("T_SNMP_SYSTEM", system_only_community(components.snmp_community))
+    collector, store = collect(tmp_path, [
+        {"id": "no-if-mib", "snmp": agent(components, community_env="T_SNMP_SYSTEM")}])
+    try:
+        poll_until(collector, lambda: "no-if-mib" in collector.stats()["failing_devices"],
+                   "the poll to fail")
+    finally:
+        collector.source.close()
+    error = collector.stats()["failing_devices"]["no-if-mib"]["error"]
+    assert "no IF-MIB interface counters" in error and components.snmp_community not in error
+    assert stored_rows(store) == 0
 
 
 def test_snmp_v3_auth_priv_polls_and_wrong_keys_fail_without_showing_them(tmp_path, components,
@@ -173,11 +196,7 @@ def test_node_exporter_scrape_rates_follow_loopback_traffic(tmp_path, components
     collector, store = collect(tmp_path, [
         {"id": "lo", "node_exporter": {"url": components.node_exporter_url, "interface": "lo"}}])
     try:
-        poll_until(collector, lambda: stored_rows(store) >= 1, "a first scrape")
-        before_ms = collector.cursor_ms["lo"]
-        loopback_traffic(TRAFFIC_BYTES)
-        poll_until(collector, lambda: counted_bytes(store, "lo", "bytes_in", before_ms) >= TRAFFIC_BYTES,
-                   "the scraped rates to account for the traffic")
+        before_ms = send_traffic_until_counted(collector, store, first_rows=1)
     finally:
         collector.source.close()
     assert counted_bytes(store, "lo", "bytes_out", before_ms) <= 1.25 * TRAFFIC_BYTES

@@ -264,3 +264,13 @@ def test_prometheus_range_queries_run_behind_now_on_the_step_grid_and_errors_nam
     assert f"start={T0 - 15:.3f}" in good and f"end={T0:.3f}" in good and "step=5" in good
     assert "bad_data 1:8: parse error" in result.failed["bad"] and "'sum(rx'" in result.failed["bad"]
     assert "returned 2 series" in result.failed["many"]
+
+
+def test_a_counter_oid_answered_with_a_non_number_is_an_error_naming_it():
+    from pyasn1.type.univ import OctetString
+
+    from eyenet.sources.snmp import SnmpPoller, SnmpPollError
+
+    with pytest.raises(SnmpPollError, match=r"1\.3\.6\.1\.2\.1\.31\.1\.1\.1\.6\.2 is not a number "
+                                            r"\(OctetString 'n/a'\)"):
+        SnmpPoller._number("SNMP agent h:161", "1.3.6.1.2.1.31.1.1.1.6.2", OctetString("n/a"))
