@@ -126,6 +126,19 @@ class PipelineError(EyeNetError):
     actor was asked for something it does not hold."""
 
 
+class ServiceUnavailableError(EyeNetError):
+    """A part that answers requests was lost mid-request (a replica died, or is being
+    replaced): the client should retry after ``retry_after_s``, so the API answers 503 with
+    ``Retry-After``, never a 500."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, retry_after_s)
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class RequestError(EyeNetError, ValueError):
     """A request the API refuses: ``field`` names what was wrong, ``status`` the HTTP code."""
 

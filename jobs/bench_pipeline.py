@@ -18,6 +18,7 @@ next poll: with a 1 s interval, about 0.5 s on average.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import threading
 import time
@@ -35,10 +36,13 @@ from eyenet.telemetry.schema import DEVICE, TIMESTAMP, to_ms
 from eyenet.telemetry.validation import TelemetryValidator
 from jobs.options import PipelineBenchOptions, job_main, print_result
 
-# The model sees every device (levels differ by orders of magnitude across the fleet, and
-# the features are not normalised per device) over a short history.
+# The model trains on at most TRAIN_DEVICE_SAMPLES samples: every device's history for a
+# small fleet, a sample of the devices for a large one (the others are scored as devices
+# the model never saw, as in service), each with enough history that its held-out tail
+# holds validation windows.
 TRAIN_DEVICE_SAMPLES = 300_000
 TRAIN_HISTORY_S = 1800
+VALIDATION_WINDOWS_PER_DEVICE = 3
 TRAIN_TIME_S = 30.0
 BULK_DEVICES = 100
 BENCH_DEVICES_PER_ACTOR = 250
@@ -78,18 +82,30 @@ class _MemorySampler(threading.Thread):
             self.stop.wait(2.0)
 
 
-def _train_and_promote(config: EyeNetConfig, devices: int, now_ms: int) -> int:
+def training_plan(config: EyeNetConfig, devices: int) -> tuple[int, int]:
+    """(devices trained on, samples of history each). Each device's held-out tail
+    (``validation_fraction``) holds VALIDATION_WINDOWS_PER_DEVICE windows; the fleet's
+    share within TRAIN_DEVICE_SAMPLES. (Shrinking every device's history as the fleet
+    grew left 3,000 devices 120 samples each: 24 held out, no validation window of 30.)"""
+    det = config.detector
+    least = math.ceil(VALIDATION_WINDOWS_PER_DEVICE * (det.window_steps + 1) / det.validation_fraction)
+    wanted = max(least, min(int(TRAIN_HISTORY_S / config.sample_interval_s), TRAIN_DEVICE_SAMPLES // devices))
+    return min(devices, max(1, TRAIN_DEVICE_SAMPLES // wanted)), wanted
+
+
+def _train_and_promote(config: EyeNetConfig, devices: int, now_ms: int) -> tuple[int, int]:
     source = SimulatedSource(config, devices=devices, seed=SEED)
-    history_s = max(120, min(TRAIN_HISTORY_S, TRAIN_DEVICE_SAMPLES // devices))
-    start_ms = now_ms - (history_s + 600) * 1000
-    raw = source.fetch(source.devices(), start_ms, start_ms + history_s * 1000).samples
+    trained, rows = training_plan(config, devices)
+    history_ms = int(rows * config.sample_interval_s * 1000)
+    start_ms = now_ms - history_ms - 600_000
+    raw = source.fetch(source.devices()[:trained], start_ms, start_ms + history_ms).samples
     history = TelemetryValidator(config).validate(raw).accepted
     detector = Detector(config.detector, config.metrics, config.gap_s).fit(history)
     registry = ModelRegistry(open_store(config.store_uri), config.artifact_root)
     with tempfile.TemporaryDirectory() as tmp:
         mv = registry.register(detector.save(Path(tmp) / "model"), metrics={"bench": 1})
     registry.promote(mv.name, mv.version)
-    return mv.version
+    return mv.version, trained
 
 
 def _generated_vs_stored(config: EyeNetConfig, store: Any,
@@ -139,7 +155,7 @@ def run_pipeline_bench(config: EyeNetConfig, devices: int = 1000, seconds: float
                                      "artifact_root": f"{tmp}/artifacts", "streaming": streaming,
                                      "detector": detector})
     now_ms = int(time.time() * 1000)
-    version = _train_and_promote(config, devices, now_ms)
+    version, trained_devices = _train_and_promote(config, devices, now_ms)
     ensure_ray()
     sampler = _MemorySampler()
     sampler.start()
@@ -176,7 +192,8 @@ def run_pipeline_bench(config: EyeNetConfig, devices: int = 1000, seconds: float
     for handle in pipeline.feature_actors:
         ray.kill(handle)
     return {
-        "devices": devices, "seconds": round(elapsed_s, 1), "interval_s": config.sample_interval_s,
+        "devices": devices, "trained_devices": trained_devices, "seconds": round(elapsed_s, 1),
+        "interval_s": config.sample_interval_s,
         "collector_actors": len(pipeline.collectors), "feature_actors": len(pipeline.feature_actors),
         "samples_per_s_ingested": round(stored_in_period / elapsed_s, 1),
         "windows_per_s_scored": round(scored / elapsed_s, 1),

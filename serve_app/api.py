@@ -30,6 +30,7 @@ from eyenet.errors import (
     PromotionRejectedError,
     RegistryError,
     RequestError,
+    ServiceUnavailableError,
     StoreError,
 )
 from eyenet.monitoring.exporter import CONTENT_TYPE_LATEST
@@ -171,6 +172,13 @@ def create_app(backend: Backend, max_body_bytes: int = 1_000_000, api_key: str |
     async def store_down(_: Request, exc: StoreError) -> JSONResponse:
         log.warning("store error: %s", exc)
         return _error(503, "the store is unavailable", "store")
+
+    @app.exception_handler(ServiceUnavailableError)
+    async def lost_replica(_: Request, exc: ServiceUnavailableError) -> JSONResponse:
+        log.warning("request lost a replica: %s", exc)
+        response = _error(503, str(exc), None)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.exception_handler(EyeNetError)
     async def eyenet_error(_: Request, exc: EyeNetError) -> JSONResponse:

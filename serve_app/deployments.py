@@ -30,7 +30,7 @@ from ray import serve
 from actors.collector import COLLECTOR_PREFIX, LiveCollectors
 from actors.features import load_version, no_production_error
 from eyenet.config import EyeNetConfig
-from eyenet.errors import ConfigError, EyeNetError, RequestError
+from eyenet.errors import ConfigError, EyeNetError, RequestError, ServiceUnavailableError
 from eyenet.models.follower import ProductionFollower
 from eyenet.models.registry import DEFAULT_MODEL_NAME, ModelRegistry
 from eyenet.monitoring.exporter import MetricsSnapshot
@@ -245,22 +245,22 @@ class IngressBackend(StoreViews):
         self._monitor_handle: Any = None
 
     async def predict(self, device_id: str) -> dict[str, Any]:
-        return _accepted(await self.detector.predict.remote(device_id))
+        return _accepted(await _answer(self.detector.predict.remote(device_id)))
 
     async def devices(self) -> list[dict[str, Any]]:
         ids = [d.device_id for d in self.store.list_devices()]
-        return self.device_rows(await self.detector.device_states.remote(ids))
+        return self.device_rows(await _answer(self.detector.device_states.remote(ids)))
 
     async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
         if self.checker is None:
             await self._describe()
-        result = await self.detector.score.remote(self.checker.check(request))
+        result = await _answer(self.detector.score.remote(self.checker.check(request)))
         if isinstance(result, dict):  # refused: the model changed; check against the new one next
             await self._describe()
         return _accepted(result)
 
     async def _describe(self) -> None:
-        model = await self.detector.describe.remote()
+        model = await _answer(self.detector.describe.remote())
         self.checker = WindowChecker(model["metrics"], model["min_rows"], self.config.sample_interval_s)
 
     async def gather_live(self, snapshot: MetricsSnapshot) -> None:
@@ -310,6 +310,20 @@ class IngressBackend(StoreViews):
                 snapshot.collectors_down.append(label)
             else:
                 snapshot.collectors[label] = answer
+
+
+async def _answer(response: Any) -> Any:
+    """A detector replica's answer; a replica lost while answering (killed, its node gone,
+    or shedding load) is a ServiceUnavailableError, which the API answers 503 with
+    Retry-After: the next request goes to a live replica or waits for the replacement."""
+    from ray import exceptions as ray_errors
+    from ray.serve.exceptions import BackPressureError
+
+    try:
+        return await response
+    except (ray_errors.RayActorError, ray_errors.ActorUnavailableError, BackPressureError) as exc:
+        raise ServiceUnavailableError(f"the detector replica was lost while answering "
+                                      f"({type(exc).__name__}); retry", retry_after_s=1) from None
 
 
 def _accepted(result: Any) -> Any:
