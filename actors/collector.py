@@ -29,6 +29,8 @@ from eyenet.telemetry.schema import DEVICE
 
 log = logging.getLogger(__name__)
 
+# How long stats() waits for a running poll before it answers with the last poll's figures.
+STATS_WAIT_S = 0.5
 # Scoring calls a collector may have outstanding before it waits (backpressure from the pool).
 MAX_INFLIGHT_SCORING = 4
 COLLECTOR_CPUS = 0.05
@@ -78,6 +80,7 @@ class CollectorActor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.loop_errors = 0
+        self._stats = self.core.stats()
         self._thread = threading.Thread(target=self._run, name=f"collector-{name}", daemon=True)
         self._thread.start()
 
@@ -89,6 +92,7 @@ class CollectorActor:
             try:
                 with self._lock:
                     result = self.core.poll()
+                    self._stats = self.core.stats()
                 caught_up = result.caught_up and result.store_error is None
                 if len(result.accepted) and self.feature_actors:
                     self._forward(result.accepted, result.polled_at_s)
@@ -120,8 +124,16 @@ class CollectorActor:
 
     # -- remote API ---------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        with self._lock:
-            stats = self.core.stats()
+        """Fresh when no poll is running; during a long poll (a backlog of thousands of
+        samples on a busy machine) the figures as of the last poll's end, with their age, so
+        that callers (the pipeline's progress, /metrics) are answered instead of timing out."""
+        if self._lock.acquire(timeout=STATS_WAIT_S):
+            try:
+                self._stats = self.core.stats()
+            finally:
+                self._lock.release()
+        stats = dict(self._stats)
+        stats["stats_age_s"] = round(max(0.0, time.time() - self._stats["at_s"]), 3)
         stats["forwarded"] = dict(self.forwarded)
         stats["loop_errors"] = self.loop_errors
         stats["running"] = self._thread.is_alive() and not self._stop.is_set()

@@ -252,7 +252,8 @@ class Collector:
     def stats(self) -> dict[str, Any]:
         now_ms = self._now_s() * 1000
         silent_after_ms = 3 * self.config.gap_s * 1000
-        return {"name": self.name, "devices": len(self.device_ids), "totals": dict(self.totals),
+        return {"name": self.name, "at_s": now_ms / 1000.0, "devices": len(self.device_ids),
+                "totals": dict(self.totals),
                 "repaired": dict(self.repaired), "rejected": dict(self.rejected),
                 "pending_samples": sum(len(p) for p in self.pending),
                 "failing_devices": {d: {"failures": b.failures, "error": b.last_error}

@@ -84,3 +84,28 @@ def test_split_by_device_with_more_parts_than_devices_or_one_part():
     assert all(p["device_id"].nunique() == 1 for p in parts)
     (whole,) = split_by_device(frame, 1)
     pd.testing.assert_frame_equal(whole, frame)
+
+
+def test_collector_stats_answer_during_a_long_poll_with_the_last_polls_figures(tmp_path):
+    # a collector catching up a backlog holds its poll lock for seconds on a busy machine;
+    # stats() waited on it, so the pipeline's progress and /metrics timed out
+    import threading
+
+    from actors.collector import STATS_WAIT_S, CollectorActor
+    from tests.synthetic import make_config
+
+    config = make_config(tmp_path)
+    actor = CollectorActor(config.to_dict(), "simulated", {"devices": 2, "seed": 1}, ["dev-0000", "dev-0001"],
+                           "simulated-0")
+    try:
+        with actor._lock:   # a poll in progress
+            answer: list[dict] = []
+            reader = threading.Thread(target=lambda: answer.append(actor.stats()))
+            reader.start()
+            reader.join(STATS_WAIT_S + 10)
+            assert answer, "stats() blocked behind the running poll"
+        assert answer[0]["name"] == "simulated-0" and answer[0]["stats_age_s"] >= 0
+        assert actor.stats()["stats_age_s"] < 5                   # fresh again once the poll ends
+    finally:
+        actor._stop.set()
+        actor._thread.join(10)
