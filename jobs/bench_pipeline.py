@@ -125,10 +125,15 @@ def _generated_vs_stored(config: EyeNetConfig, store: Any,
     return {"generated": generated, "stored": stored, "lost": lost, "duplicated": extra}
 
 
-def _wait_caught_up(pipeline: Any, until_ms: int, timeout_s: float = 300.0) -> None:
+def _wait_caught_up(pipeline: Any, until_ms: int, timeout_s: float = 600.0) -> None:
+    from ray.exceptions import GetTimeoutError
+
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        stats = pipeline.stats()
+        try:
+            stats = pipeline.stats(timeout_s=30.0)
+        except GetTimeoutError:   # dozens of actor processes still starting on two cores
+            continue
         if all(c["lag_s"] < 2 * pipeline.config.sample_interval_s and c["totals"].get("stored")
                for c in stats["collectors"]) and stats["scored"] >= stats["stored"]:
             return
