@@ -125,7 +125,10 @@ def _generated_vs_stored(config: EyeNetConfig, store: Any,
     return {"generated": generated, "stored": stored, "lost": lost, "duplicated": extra}
 
 
-def _wait_caught_up(pipeline: Any, until_ms: int, timeout_s: float = 600.0) -> None:
+def _wait_caught_up(pipeline: Any, until_ms: int, timeout_s: float = 300.0) -> bool:
+    """Whether the pipeline scored its warm-up backlog within ``timeout_s``. A fleet too
+    large for the machine never does; the bench then measures it anyway (its lag and
+    latency say how far behind it falls) instead of failing."""
     from ray.exceptions import GetTimeoutError
 
     deadline = time.time() + timeout_s
@@ -136,9 +139,9 @@ def _wait_caught_up(pipeline: Any, until_ms: int, timeout_s: float = 600.0) -> N
             continue
         if all(c["lag_s"] < 2 * pipeline.config.sample_interval_s and c["totals"].get("stored")
                for c in stats["collectors"]) and stats["scored"] >= stats["stored"]:
-            return
+            return True
         time.sleep(0.5)
-    raise TimeoutError(f"the pipeline did not catch up with its warm-up backlog in {timeout_s} s")
+    return False
 
 
 def run_pipeline_bench(config: EyeNetConfig, devices: int = 1000, seconds: float = 60.0,
@@ -171,11 +174,12 @@ def run_pipeline_bench(config: EyeNetConfig, devices: int = 1000, seconds: float
     # the fleet's clock is the wall clock (start_ms = origin), so a sample's age is its latency
     options = {"devices": devices, "seed": SEED, "origin_wall_s": origin_s, "start_ms": int(origin_s * 1000)}
     pipeline = start_pipeline(config, "simulated", options, start_ms=int((origin_s - warmup_s) * 1000))
-    _wait_caught_up(pipeline, int(origin_s * 1000))
+    warmup_caught_up = _wait_caught_up(pipeline, int(origin_s * 1000))
     ray.get([f.reset_stats.remote() for f in pipeline.feature_actors])
     measured_from_s = time.time()
     stored_before = pipeline.stats()["stored"]
     time.sleep(seconds)  # the pipeline runs on its own; this process only measures
+    lag_s = max(c["lag_s"] for c in pipeline.stats(timeout_s=120.0)["collectors"])
     final = pipeline.stop(keep_scorers=True)
     elapsed_s = time.time() - measured_from_s
     sampler.stop.set()
@@ -198,6 +202,7 @@ def run_pipeline_bench(config: EyeNetConfig, devices: int = 1000, seconds: float
         ray.kill(handle)
     return {
         "devices": devices, "trained_devices": trained_devices, "seconds": round(elapsed_s, 1),
+        "warmup_caught_up": warmup_caught_up, "collector_lag_s_at_end": round(lag_s, 1),
         "interval_s": config.sample_interval_s,
         "collector_actors": len(pipeline.collectors), "feature_actors": len(pipeline.feature_actors),
         "samples_per_s_ingested": round(stored_in_period / elapsed_s, 1),
