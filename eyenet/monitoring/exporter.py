@@ -17,6 +17,7 @@ that did not answer is absent from the snapshot: its families are exported empty
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -252,8 +253,7 @@ def _latency(out: _Families, snap: MetricsSnapshot) -> None:
         bounds, counts = list(buckets["bounds_s"]), [int(c) for c in buckets["counts"]]
         if len(counts) != len(bounds) + 1:
             raise ValueError(f"{len(bounds)} latency bounds need {len(bounds) + 1} counts, got {len(counts)}")
-        cumulative = [sum(counts[:i + 1]) for i in range(len(counts))]
-        pairs = list(zip([*bounds, math.inf], cumulative, strict=True))
+        pairs = list(zip([*bounds, math.inf], itertools.accumulate(counts), strict=True))
         out.histogram("eyenet_scoring_latency_seconds", pairs, float(buckets.get("sum_s", 0.0)))
 
 

@@ -117,17 +117,5 @@ class LatencyBuckets:
         self.counts[bisect.bisect_left(self.bounds_s, latency_s)] += 1  # first bound >= value
         self.sum_s += float(latency_s)
 
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def cumulative(self) -> list[tuple[float, int]]:
-        """``(upper bound, count of values <= it)`` per bound, ending with ``(inf, count)``."""
-        out, total = [], 0
-        for bound, n in zip((*self.bounds_s, float("inf")), self.counts, strict=True):
-            total += n
-            out.append((bound, total))
-        return out
-
     def to_dict(self) -> dict[str, Any]:
         return {"bounds_s": list(self.bounds_s), "counts": list(self.counts), "sum_s": self.sum_s}

@@ -71,35 +71,20 @@ class DeviceSource(Source):
         unknown = sorted(set(device_ids or ()) - set(specs))
         if unknown:
             raise SourceError(f"devices {unknown} are not in the config's devices", source=self.name)
-        self._specs: dict[str, DeviceSpec] = {}
+        self._specs = {d: specs[d] for d in (device_ids or specs)}
         self._credentials: dict[str, Any] = {}
-        self._setup_errors: dict[str, str] = {}
-        self.update_devices([specs[d] for d in (device_ids or specs)])
-        self._uptime_cs: dict[str, int] = {}
-        self.poll_errors: Counter[str] = Counter()   # by device kind
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._poller: SnmpPoller | None = snmp_poller
-        self._session: aiohttp.ClientSession | None = None
-
-    def update_devices(self, specs: Sequence[DeviceSpec]) -> None:
-        """Poll exactly these devices from now on (a reloaded device list); credentials of
-        new or changed devices are read from the environment now."""
-        fresh: dict[str, DeviceSpec] = {spec.id: spec for spec in specs}
-        for device_id, spec in fresh.items():
-            if self._specs.get(device_id) == spec and device_id not in self._setup_errors:
-                continue
-            self._setup_errors.pop(device_id, None)
-            self._credentials.pop(device_id, None)
+        self._setup_errors: dict[str, str] = {}   # a device whose credentials are missing fails alone
+        for device_id, spec in self._specs.items():
             if spec.snmp is not None:
                 try:
                     self._credentials[device_id] = auth_data(device_id, spec.snmp)
                 except SourceError as exc:   # names the variable, never a value
                     self._setup_errors[device_id] = str(exc)
-        for gone in set(self._specs) - set(fresh):
-            self._setup_errors.pop(gone, None)
-            self._credentials.pop(gone, None)
-        self._specs = fresh
+        self.poll_errors: Counter[str] = Counter()   # by device kind
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._poller: SnmpPoller | None = snmp_poller
+        self._session: aiohttp.ClientSession | None = None
 
     def devices(self) -> list[str]:
         return list(self._specs)
@@ -206,19 +191,16 @@ class DeviceSource(Source):
         if spec.snmp is not None:
             assert self._poller is not None
             reading = await self._poller.poll(spec.id, spec.snmp, self._credentials[spec.id])
-            previous = self._uptime_cs.get(spec.id)
-            if previous is not None and reading.uptime_cs < previous:
-                result.discontinuous.add(spec.id)   # the agent restarted since the last poll
-            self._uptime_cs[spec.id] = reading.uptime_cs
+            if reading.restarted:
+                result.discontinuous.add(spec.id)
             if reading.bits != 64:
                 result.counter_bits[spec.id] = reading.bits
+            # the config's cross-checks keep every mapped metric one of its metrics
             for metric, counter in spec.snmp.metrics.items():
-                if metric in self.metrics:
-                    row[metric] = reading.counters.get(counter, math.nan)
+                row[metric] = reading.counters.get(counter, math.nan)
         elif spec.node_exporter is not None:
             assert self._session is not None
-            values = await scrape(self._session, spec.node_exporter)
-            row.update({m: v for m, v in values.items() if m in self.metrics})
+            row.update(await scrape(self._session, spec.node_exporter))
 
     async def _probe(self, spec: DeviceSpec, row: dict[str, Any]) -> None:
         assert spec.latency_probe is not None
@@ -231,7 +213,7 @@ class DeviceSource(Source):
         span = range_steps(since_ms - lag_ms, until_ms - lag_ms, step_ms)
         if span is None:
             return []
-        metrics = [m for m in spec.prometheus.queries if m in self.metrics]
+        metrics = list(spec.prometheus.queries)
         answers = await asyncio.gather(*(query_range(self._session, spec.prometheus, m, *span, step_ms)
                                          for m in metrics))
         by_ts: dict[int, dict[str, Any]] = {}

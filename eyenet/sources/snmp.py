@@ -59,6 +59,7 @@ class SnmpReading:
     bits: int                    # 64: ifHC* counters; 32: the ifTable fallback
     uptime_cs: int               # sysUpTime, hundredths of a second since the agent (re)started
     interfaces: list[str]
+    restarted: bool = False      # the uptime went back since the last poll: the agent restarted
 
 
 def auth_data(device_id: str, spec: SnmpSpec) -> CommunityData | UsmUserData:
@@ -143,7 +144,8 @@ class SnmpPoller:
         if reading is None:   # a table check, or the interface's row is gone
             reading = await self._read_table(where, spec, credentials, target, agent, counters)
         if reading.uptime_cs < agent.uptime_cs:
-            agent.polls = TABLE_RECHECK_POLLS - 1   # the agent restarted: check its table next poll
+            reading.restarted = True
+            agent.polls = TABLE_RECHECK_POLLS - 1   # and its table is checked at the next poll
         agent.uptime_cs = reading.uptime_cs
         return reading
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
 from tests.components import Components
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -84,10 +84,9 @@ def test_prometheus_scrapes_node_exporter(components: Components) -> None:
 
 def test_restart_snmpd_resets_sys_uptime(components: Components) -> None:
     # Last in this module: the agent it leaves is new. Its uptime must be clearly above 0
-    # first, or "went back" proves nothing (polls within a deadline, no fixed sleep).
-    deadline = time.monotonic() + 5
-    while (before := uptime_ticks(components)) < 50 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # first, or "went back" proves nothing.
+    before = wait_for(lambda: (ticks := uptime_ticks(components)) >= 50 and ticks, 5,
+                      "snmpd's uptime to pass half a second", poll_s=0.05)
     old_pid = components.pids["snmpd"]
     components.restart_snmpd()
     assert components.pids["snmpd"] != old_pid

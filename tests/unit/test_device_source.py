@@ -69,10 +69,10 @@ class RecordedAgent:
         return self.readings.pop(0)
 
 
-def reading(octets: int, uptime_cs: int) -> SnmpReading:
+def reading(octets: int, uptime_cs: int, restarted: bool = False) -> SnmpReading:
     counters = {"in_octets": octets, "out_octets": octets, "in_ucast_packets": octets // 1000,
                 "out_ucast_packets": octets // 1000}
-    return SnmpReading({k: float(v) for k, v in counters.items()}, 32, uptime_cs, ["eth0"])
+    return SnmpReading({k: float(v) for k, v in counters.items()}, 32, uptime_cs, ["eth0"], restarted)
 
 
 def test_a_recorded_32_bit_wrap_and_an_agent_restart_through_the_collector(tmp_path, monkeypatch):
@@ -83,7 +83,7 @@ def test_a_recorded_32_bit_wrap_and_an_agent_restart_through_the_collector(tmp_p
     recorded = [reading(wrap - 30_000, 100), reading(wrap - 10_000, 1_100),
                 reading(10_000, 2_100),                 # wrapped: 20,000 octets in 10 s
                 reading(30_000, 3_100),
-                reading(31_000, 50),                    # uptime went back: the agent restarted
+                reading(31_000, 50, restarted=True),    # uptime went back: the agent restarted
                 reading(41_000, 1_050)]
     clock = iter(T0 + 10 * i for i in range(len(recorded) + 1))
     now = {"s": next(clock)}
