@@ -217,7 +217,15 @@ class Detector:
         else:
             self.model = self._member(cfg.kind, result, data)
         # the classifier's output is already a probability: scored as is, threshold 0.5
-        self.calibrator = Calibrator(0.0, 1.0) if self.model.outputs_probability else calibrated(self.model)
+        if self.model.outputs_probability:
+            self.calibrator = Calibrator(0.0, 1.0)
+            self.rule = DecisionRule(devices=dict(cfg.device_thresholds))
+        else:
+            raw = self.raw_scores(val, val_scaled, val.segments)[0][normal]
+            tail = {"risk": cfg.threshold_risk, "init_quantile": cfg.threshold_init_quantile}
+            self.calibrator = Calibrator.fit(raw, **tail)
+            self.rule = DecisionRule.fit(raw, val.device_ids[normal], self.calibrator, **tail,
+                                         overrides=cfg.device_thresholds)
         self.training = {"kind": cfg.kind, "train_windows": len(data.train_targets),
                          "val_windows": len(data.val_targets),
                          "excluded_flagged_rows": int(data.features.flagged.sum())}
