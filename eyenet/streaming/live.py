@@ -16,6 +16,7 @@ leaves one alert, not an open anomaly and a second event.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -31,11 +32,14 @@ from eyenet.detection.device_scaling import DeviceStats
 from eyenet.detection.device_state import load_device_state, save_device_state
 from eyenet.detection.features import metric_of
 from eyenet.detection.regime import RegimeState
+from eyenet.errors import StoreError
 from eyenet.monitoring.drift import bin_counts
 from eyenet.monitoring.monitor import LatencyWindow, ScoreSummary
 from eyenet.store import Event, Store
-from eyenet.streaming.scorer import StreamScorer
-from eyenet.telemetry.schema import DEVICE, TIMESTAMP, ms_of, to_ms
+from eyenet.streaming.scorer import BUFFER_SLACK_ROWS, PRIME_SPANS, StreamScorer
+from eyenet.telemetry.schema import DEVICE, TIMESTAMP, from_ms, ms_of, to_ms
+
+log = logging.getLogger(__name__)
 
 EPISODE_REFRESH_S = 10.0
 MAX_EVENT_METRICS = 3
@@ -106,7 +110,24 @@ class LiveScorer:
         store, names = self.store, detector.feature_names
         return StreamScorer(detector, self.config.streaming.buffer_samples,
                             lookup=lambda d: load_device_state(store, DeviceStats, d, names),
-                            regime_lookup=lambda d: load_device_state(store, RegimeState, d, names))
+                            regime_lookup=lambda d: load_device_state(store, RegimeState, d, names),
+                            history=self._stored_before)
+
+    def _stored_before(self, device_ids: list[str], first_ms: dict[str, int]) -> pd.DataFrame:
+        """The stored rows a device met for the first time primes its error profile with
+        (see :class:`StreamScorer`): one read for every such device of a batch. A store that
+        fails leaves them unprimed; scoring goes on."""
+        cfg = self.detector.config
+        span_ms = int((cfg.window_steps + PRIME_SPANS * cfg.smoothing + BUFFER_SLACK_ROWS)
+                      * self.config.sample_interval_s * 1000)
+        try:
+            return self.store.read_range(from_ms(min(first_ms.values()) - span_ms),
+                                         from_ms(max(first_ms.values())), device_ids=device_ids)
+        except StoreError as exc:
+            self.totals["unprimed_devices"] += len(device_ids)
+            log.warning("scoring %d devices met for the first time without their stored rows: %s",
+                        len(device_ids), exc)
+            return pd.DataFrame()
 
     def switch_model(self, detector: Detector, model_version: int | None) -> None:
         """Score with another model from the next batch on (a promotion or rollback). Open

@@ -14,6 +14,14 @@ is pandas' ``ewm(span, adjust=True)`` written as running sums,
 error decays the sums without adding to them (``ignore_na=False``); a gap restarts both.
 One stated difference: a metric missing for longer than the buffer is forward-filled
 offline from an older value the buffer no longer holds, and is missing here.
+
+A device the scorer meets for the first time (a pool that starts or restarts, a device that
+joins) is *primed* from ``history``: its stored rows just before its first new sample run
+through the error profile, unreported, so the first new sample is judged by a warm profile
+as offline scoring over that history would judge it. Without it the profile starts empty
+and its first points are the mean of one, two, three errors: as noisy as unsmoothed
+scores, and judged against a threshold fitted on smoothed ones. In the demo that start
+put two quiet devices over the threshold for a point or three every time the pool started.
 """
 
 from __future__ import annotations
@@ -32,6 +40,12 @@ from eyenet.telemetry.schema import DEVICE, TIMESTAMP, from_ms, parse_timestamps
 
 # Extra rows kept beyond one window, so a sample's window survives small reorderings.
 BUFFER_SLACK_ROWS = 2
+# A primed profile runs over this many smoothing spans of stored rows: after two spans the
+# running weights hold 98 % of their steady-state sum (one span: 87 %).
+PRIME_SPANS = 2
+
+# history(device_ids, first_ms): stored rows of those devices before each one's first_ms
+History = Callable[[list[str], dict[str, int]], pd.DataFrame]
 
 
 @dataclass
@@ -41,6 +55,7 @@ class _DeviceState:
     last_scored_ms: int | None = None
     num: np.ndarray | None = None      # EWM running sums per feature
     den: np.ndarray | None = None
+    primed_ms: int | None = None       # newest stored row the profile was primed with
 
 
 class StreamScorer:
@@ -53,12 +68,15 @@ class StreamScorer:
 
     def __init__(self, detector: Detector, buffer_rows: int | None = None,
                  lookup: Callable[[str], DeviceStats | None] | None = None,
-                 regime_lookup: Callable[[str], RegimeState | None] | None = None) -> None:
+                 regime_lookup: Callable[[str], RegimeState | None] | None = None,
+                 history: History | None = None) -> None:
         detector.require_fitted()
         self.detector = detector
         self.metrics = list(detector.metrics)
         self.window = detector.config.window_steps
         self.buffer_rows = max(buffer_rows or 0, self.window + 1 + BUFFER_SLACK_ROWS)
+        self.history = history if detector.smoothed else None
+        self.prime_rows = self.window + PRIME_SPANS * detector.config.smoothing
         self.decay = 1.0 - 2.0 / (detector.config.smoothing + 1.0)
         self.smoothed = detector.smoothed  # a classifier's probability is not smoothed
         # each device's regime, carried between calls (None when adaptation is off)
@@ -112,13 +130,18 @@ class StreamScorer:
         ts_ms = to_ms(parse_timestamps(samples[TIMESTAMP])).to_numpy()
         devices = samples[DEVICE].astype(str).to_numpy()
         values = samples[self.metrics].to_numpy(np.float64, copy=True)
+        self._prime(devices, ts_ms)
         touched = self._append(devices, ts_ms, values)
         if not touched:  # every sample was buffered already (a restarted collector re-sends)
             return self._empty()
         frame = self._frame(touched)
         feats = self.detector.features(frame)
-        last_ms = np.array([self._devices[d].last_scored_ms or -1 for d in feats.device_ids])
-        new = feats.timestamps_ms > last_ms
+        states = [self._devices[d] for d in feats.device_ids]
+        last_ms = np.array([s.last_scored_ms if s.last_scored_ms is not None else -1 for s in states])
+        primed_ms = np.array([s.primed_ms if s.primed_ms is not None else -1 for s in states])
+        # rows the profile runs over: the new ones and, for a primed device, its stored ones
+        warm = feats.timestamps_ms > last_ms
+        new = warm & (feats.timestamps_ms > primed_ms)
         # only new rows teach an unseen device its scale or move a device's regime
         scaling = self.detector.scaled(feats, self.cold, advance=new)
         self.last_learned = [(d, self.cold.learned[d]) for d in scaling.learned]
@@ -128,14 +151,14 @@ class StreamScorer:
         targets = window_targets(segments, self.window)
         is_target = np.zeros(len(feats), bool)
         is_target[targets] = True
-        point_contrib, point_raw = self.detector.point_errors(scaled, np.flatnonzero(is_target & new))
+        point_contrib, point_raw = self.detector.point_errors(scaled, np.flatnonzero(is_target & warm))
         contrib = np.full((len(feats), scaled.shape[1]), np.nan)
         raw = np.full(len(feats), np.nan)
-        contrib[is_target & new] = point_contrib
+        contrib[is_target & warm] = point_contrib
         if point_raw is not None:
-            raw[is_target & new] = point_raw
+            raw[is_target & warm] = point_raw
         if self.smoothed:
-            self._smooth(feats.device_ids, segments, feats.timestamps_ms, new, contrib, raw)
+            self._smooth(feats.device_ids, segments, feats.timestamps_ms, warm, contrib, raw)
         rows = np.flatnonzero(new)
         self.last_features = feats.values[rows]
         scored = self.detector.scored_rows(feats, raw, contrib, is_target, changes, scaling.learning)
@@ -145,6 +168,32 @@ class StreamScorer:
         return out
 
     # -- internals ------------------------------------------------------------------------
+    def _prime(self, devices: np.ndarray, ts_ms: np.ndarray) -> None:
+        """Buffer the stored rows before the first sample of each device met for the first
+        time (at most ``prime_rows`` of them); a device with none starts empty."""
+        if self.history is None:
+            return
+        first: dict[str, int] = {}
+        for device, t in zip(devices.tolist(), ts_ms.tolist(), strict=True):
+            if device not in self._devices and t < first.get(device, t + 1):
+                first[device] = int(t)
+        if not first:
+            return
+        stored = self.history(sorted(first), first)
+        for device in first:
+            self._devices[device] = _DeviceState(np.empty(0, np.int64), np.empty((0, len(self.metrics))))
+        if stored.empty:
+            return
+        stored_ms = to_ms(parse_timestamps(stored[TIMESTAMP])).to_numpy()
+        stored_devices = stored[DEVICE].astype(str).to_numpy()
+        before = stored_ms < np.array([first.get(d, -1) for d in stored_devices])
+        self._append(stored_devices[before], stored_ms[before],
+                     stored[self.metrics].to_numpy(np.float64, copy=True)[before])
+        for device in set(stored_devices[before].tolist()):
+            state = self._devices[device]
+            state.ts_ms, state.values = state.ts_ms[-self.prime_rows:], state.values[-self.prime_rows:]
+            state.primed_ms = int(state.ts_ms[-1])
+
     def _append(self, devices: np.ndarray, ts_ms: np.ndarray, values: np.ndarray) -> list[str]:
         order = np.lexsort((ts_ms, devices))
         devices, ts_ms, values = devices[order], ts_ms[order], values[order]
@@ -170,7 +219,8 @@ class StreamScorer:
 
     def _smooth(self, device_ids: np.ndarray, segments: np.ndarray, ts_ms: np.ndarray,
                 new: np.ndarray, contrib: np.ndarray, raw: np.ndarray) -> None:
-        """Advance each device's EWM sums over its new rows in time order, in place."""
+        """Advance each device's EWM sums over its ``new`` rows (primed ones included) in
+        time order, in place."""
         n_feat = contrib.shape[1]
         starts = np.flatnonzero(np.r_[True, device_ids[1:] != device_ids[:-1]])  # rows sorted by device
         for a, b in zip(starts, np.r_[starts[1:], len(device_ids)], strict=True):

@@ -9,6 +9,7 @@ import pytest
 
 from eyenet.config import EyeNetConfig
 from eyenet.detection.detector import Detector
+from eyenet.errors import StoreError
 from eyenet.monitoring.monitor import ScoreSummary
 from eyenet.store import open_store
 from eyenet.streaming.live import LiveScorer
@@ -246,6 +247,33 @@ def test_resent_samples_still_in_the_buffer_are_not_scored_again(detector, store
     # regression: a batch of already-buffered samples once failed with "frame has no rows"
     scores, summary = live.score(feed.iloc[38:40])
     assert scores.empty and summary.n_windows == 0 and summary.anomalies == []
+
+
+def test_a_pool_started_mid_stream_primes_each_device_from_the_store(detector, store):
+    """The rows the collectors stored before the pool started prime each device's profile:
+    its first live scores are offline scoring's with that history; a store that fails the
+    read leaves the devices unprimed, counted, and scoring goes on."""
+    feed = live_feed()
+    seconds = (feed["timestamp"] - feed["timestamp"].min()).dt.total_seconds()
+    before, after = feed[seconds < 20], feed[(seconds >= 20) & (seconds < 50)]
+    store.write_samples(before)
+    live = LiveScorer(detector, store, eyenet_config(), MODEL_VERSION, now_s=Clock(1e9))
+    scores = pd.concat([live.score(rows)[0] for _, rows in ticks(after)], ignore_index=True)
+    offline = detector.score(after, history=before)
+    np.testing.assert_allclose(scores.sort_values(["device_id", "timestamp"])["score"], offline["score"],
+                               atol=1e-5)
+    assert live.totals["unprimed_devices"] == 0
+
+    class Failing:
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def read_range(self, *args, **kwargs):
+            raise StoreError("database is locked")
+
+    unprimed = LiveScorer(detector, Failing(), eyenet_config(), MODEL_VERSION, now_s=Clock(1e9))
+    scores = pd.concat([unprimed.score(rows)[0] for _, rows in ticks(after)], ignore_index=True)
+    assert len(scores) == len(after) and unprimed.totals["unprimed_devices"] == 2
 
 
 # -- stats --------------------------------------------------------------------------------------

@@ -90,6 +90,41 @@ def test_a_new_model_takes_the_buffered_window_and_scores_the_next_sample(detect
     assert taken.update(feed.iloc[40:51]).empty, "rows the old model scored are not scored again"
 
 
+def test_a_device_met_for_the_first_time_is_judged_by_a_profile_primed_from_its_stored_rows(detector):
+    """A pool that starts (or restarts) in the middle of a device's history reads the rows
+    stored just before its first sample (one read per batch of such devices) and runs them
+    through the error profile unreported: its scores are offline scoring's with that history
+    as context. Unprimed, the profile starts empty and its first points differ (noisier)."""
+    if not detector.smoothed:
+        pytest.skip("a classifier's probability has no error profile to prime")
+    feed = telemetry(140, start_s=2000, seed=3, devices=("r1", "r2"))
+    seconds = (feed["timestamp"] - feed["timestamp"].min()).dt.total_seconds()
+    stored, live = feed[seconds < 20], feed[seconds >= 20]  # fewer stored rows than it primes with
+    reads = []
+
+    def history(device_ids, first_ms):
+        reads.append((device_ids, first_ms))
+        return stored[stored["device_id"].isin(device_ids)]
+
+    ticks = [g for _, g in live.groupby("timestamp")]
+    primed = stream(StreamScorer(detector, history=history), live, ticks)
+    offline = detector.score(live, history=stored)
+    pd.testing.assert_frame_equal(primed[COMPARED], offline[COMPARED])
+    np.testing.assert_allclose(primed["score"], offline["score"], atol=1e-5)
+    first_ms = int(live["timestamp"].min().value // 1_000_000)
+    assert reads == [(["r1", "r2"], {"r1": first_ms, "r2": first_ms})]
+    cold = stream(StreamScorer(detector), live, ticks)
+    assert not np.allclose(cold["score"], offline["score"], atol=1e-3)
+
+
+def test_a_device_with_nothing_stored_starts_unprimed(detector):
+    """An empty read (a device that just joined) leaves the scorer as it was without one."""
+    live = telemetry(60, start_s=2000, seed=3, devices=("r1",))
+    ticks = [g for _, g in live.groupby("timestamp")]
+    empty = stream(StreamScorer(detector, history=lambda d, f: live.iloc[:0]), live, ticks)
+    pd.testing.assert_frame_equal(empty, stream(StreamScorer(detector), live, ticks))
+
+
 def test_unfitted_detector_is_refused():
     with pytest.raises(TelemetryError, match="not fitted"):
         StreamScorer(Detector(config(), METRICS, gap_s=3.0))
