@@ -1,39 +1,50 @@
-"""Chunking of the training history for Ray Data (pure numpy; no Ray started)."""
+"""Chunking of the training history and each Ray Train rank's windows over the chunks
+(pure numpy; no Ray started)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
 from eyenet.config import DetectorConfig
 from eyenet.detection.detector import Detector
-from jobs.ray_train import chunk_arrays, expand_chunks
+from jobs.ray_train import RankWindows, chunk_arrays, rank_targets
+
+WINDOW = 5
+CPU = torch.device("cpu")
 
 
-def prepared(rows: int = 500, flagged: slice | None = None):
+def prepared(rows: int = 500, flagged: slice | None = None, devices: int = 1):
     t = np.arange(rows)
-    frame = pd.DataFrame({"device_id": "d", "timestamp": pd.date_range("2026-01-01", periods=rows,
-                                                                         freq="1s", tz="UTC"),
-                          "a": np.sin(t / 9.0), "b": np.cos(t / 7.0), "label": 0})
-    if flagged is not None:
-        frame.loc[flagged, "label"] = 1
-    det = Detector(DetectorConfig(window_steps=5, validation_fraction=0.2), ["a", "b"], gap_s=3)
-    return det.prepare(frame)
+    frames = []
+    for d in range(devices):
+        frame = pd.DataFrame({"device_id": f"d{d}", "timestamp": pd.date_range("2026-01-01", periods=rows,
+                                                                                freq="1s", tz="UTC"),
+                              "a": np.sin(t / 9.0 + d), "b": np.cos(t / 7.0) + d, "label": 0})
+        if flagged is not None:
+            frame.loc[flagged, "label"] = 1
+        frames.append(frame)
+    det = Detector(DetectorConfig(window_steps=WINDOW, validation_fraction=0.2), ["a", "b"], gap_s=3)
+    return det.prepare(pd.concat(frames, ignore_index=True))
 
 
-def expanded(data, targets, chunk_targets):
-    chunks = chunk_arrays(data, targets, 5, chunk_targets=chunk_targets)
-    batch = {k: np.stack([c[k] for c in chunks]) for k in chunks[0]}
-    return chunks, expand_chunks(batch, 5, "forecast")
+def epoch(windows: RankWindows, batch_size: int = 16, seed: int | None = None):
+    batches = list(windows.batches(batch_size, CPU, seed))
+    return (torch.cat([x for x, _ in batches]).numpy(), torch.cat([y for _, y in batches]).numpy(),
+            [len(x) for x, _ in batches])
 
 
-def test_chunks_expand_to_exactly_the_in_memory_windows():
+def test_one_rank_gets_exactly_the_in_memory_windows():
     data = prepared()
-    chunks, out = expanded(data, data.train_targets, chunk_targets=64)
-    x, y = data.arrays(data.train_targets, 5, "forecast")
+    chunks = chunk_arrays(data, data.train_targets, WINDOW, chunk_targets=64)
     assert len({c["rows"].shape for c in chunks}) == 1
-    np.testing.assert_array_equal(out["x"], x)
-    np.testing.assert_array_equal(out["y"], y)
+    x, y, sizes = epoch(RankWindows(chunks, rank_targets(chunks, 0, 1), WINDOW, "forecast"))
+    want_x, want_y = data.arrays(data.train_targets, WINDOW, "forecast")
+    np.testing.assert_array_equal(x, want_x)
+    np.testing.assert_array_equal(y, want_y)
+    assert sizes[:-1] == [16] * (len(sizes) - 1)
 
 
 def test_targets_with_holes_still_fit_their_chunks():
@@ -41,6 +52,51 @@ def test_targets_with_holes_still_fit_their_chunks():
     windows made a chunk's rows longer than its fixed shape and chunking failed."""
     data = prepared(flagged=slice(100, 160))
     assert np.diff(data.train_targets).max() > 50
-    _, out = expanded(data, data.train_targets, chunk_targets=64)
-    x, _ = data.arrays(data.train_targets, 5, "forecast")
-    np.testing.assert_array_equal(out["x"], x)
+    chunks = chunk_arrays(data, data.train_targets, WINDOW, chunk_targets=64)
+    x, _, _ = epoch(RankWindows(chunks, rank_targets(chunks, 0, 1), WINDOW, "forecast"))
+    np.testing.assert_array_equal(x, data.arrays(data.train_targets, WINDOW, "forecast")[0])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_share_the_windows_evenly_and_each_window_once(world):
+    """DDP steps every rank together: each rank gets the same count, and together they get
+    every window once (less a remainder of fewer than ``world``)."""
+    data = prepared(rows=301)
+    chunks = chunk_arrays(data, data.train_targets, WINDOW, chunk_targets=50)
+    shares = [RankWindows(chunks, rank_targets(chunks, r, world), WINDOW, "forecast") for r in range(world)]
+    assert len({len(s) for s in shares}) == 1
+    assert len(data.train_targets) - world < sum(len(s) for s in shares) <= len(data.train_targets)
+    seen = np.concatenate([epoch(s)[1] for s in shares])
+    want = data.arrays(data.train_targets, WINDOW, "forecast")[1]
+    assert len(np.unique(seen, axis=0)) == len(seen)
+    assert {tuple(r) for r in seen} <= {tuple(r) for r in want}
+
+
+def test_an_epoch_shuffles_across_every_chunk():
+    """A seeded epoch is every window once in an order drawn over all chunks (devices): its
+    first mini-batch already mixes windows of most devices, as training in one process does.
+    Shuffled only within blocks of a few chunks, a batch held two or three devices."""
+    data = prepared(rows=1500, devices=8)  # 9,500 windows: more than a block of STREAM_WINDOWS
+    chunks = chunk_arrays(data, data.train_targets, WINDOW)
+    windows = RankWindows(chunks, rank_targets(chunks, 0, 1), WINDOW, "forecast")
+    x, y, _ = epoch(windows, batch_size=32, seed=1)
+    _, plain_y, _ = epoch(windows)
+    assert sorted(map(tuple, y)) == sorted(map(tuple, plain_y))
+    assert not np.array_equal(y, plain_y)
+    _, want_y = data.arrays(data.train_targets, WINDOW, "forecast")
+    device_of = dict(zip(map(tuple, want_y), data.features.device_ids[data.train_targets], strict=True))
+    assert len({device_of[tuple(row)] for row in y[:32]}) >= 6
+    again, _, _ = epoch(windows, batch_size=32, seed=1)
+    np.testing.assert_array_equal(again, x)
+
+
+def test_a_classifier_rank_gets_the_labels_as_targets():
+    data = prepared(flagged=slice(200, 203))
+    chunks = chunk_arrays(data, data.train_targets, WINDOW, chunk_targets=64)
+    _, y, _ = epoch(RankWindows(chunks, rank_targets(chunks, 0, 1), WINDOW, "classify"))
+    np.testing.assert_array_equal(y, data.arrays(data.train_targets, WINDOW, "classify")[1])
+
+
+def test_a_rank_without_windows_yields_nothing():
+    windows = RankWindows([], [], WINDOW, "forecast")
+    assert len(windows) == 0 and list(windows.batches(8, CPU, 0)) == []
