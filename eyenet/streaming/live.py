@@ -3,7 +3,8 @@ into events, and summarise each batch for the monitor.
 
 An *anomaly event* (kind ``anomaly``) covers one episode: consecutive anomalous points of
 a device with no quiet stretch longer than ``alerts.resolve_after_s`` between them. It is
-written when the episode opens (so operators see it at once), refreshed while it lasts
+written once the episode holds ``alerts.anomaly_min_points`` points (the count that opens
+a device anomaly alert; so operators see it within seconds), refreshed while it lasts
 (at most every ``EPISODE_REFRESH_S``) and closed with status ``resolved``; its id stays
 the same, so each write replaces the last. ``metrics`` names the metrics that drove it:
 the configured metrics behind the top features of its points, most frequent first.
@@ -208,7 +209,8 @@ class LiveScorer:
         episode.points += 1
         if metrics:
             episode.metrics[metrics[0]] += 1
-        if episode.points == 1 or now_s - episode.written_at_s >= EPISODE_REFRESH_S:
+        if episode.points == self.config.alerts.anomaly_min_points or \
+                now_s - episode.written_at_s >= EPISODE_REFRESH_S:
             self._write_episode(device, episode, "open", now_s)
 
     def _close_quiet_episodes(self, scores: pd.DataFrame, now_s: float) -> None:
@@ -224,6 +226,13 @@ class LiveScorer:
                 del self.episodes[device]
 
     def _write_episode(self, device: str, episode: _Episode, status: str, now_s: float) -> None:
+        """Write the episode's event, once it holds ``alerts.anomaly_min_points`` points (what
+        opens a device anomaly alert): fewer are the smoothed score grazing its threshold for
+        a moment, and an operator sees neither an event nor an alert for them."""
+        if episode.points < self.config.alerts.anomaly_min_points:
+            if status == "resolved":
+                self.totals["episodes_below_min_points"] += 1
+            return
         named = [m for m, _ in episode.metrics.most_common(MAX_EVENT_METRICS)]
         self.store.upsert_event(Event(
             kind="anomaly", device_id=device, metrics=named, status=status,

@@ -22,6 +22,7 @@ START_S = 2000                       # the feed starts this long after the train
 FEED_S = 300
 SPIKES_S = ((60, 64), (200, 204))    # latency + 100 on HOT, seconds into the feed (inclusive)
 RESOLVE_AFTER_S = 20
+MIN_POINTS = 3                       # alerts.anomaly_min_points (the default)
 MODEL_VERSION = 7
 # The 3-epoch model scores clean samples up to about 0.6, so the fitted 0.5 threshold would
 # flag a few clean points; the documented per-device override keeps CALM clean while the
@@ -74,7 +75,8 @@ def split_episodes(anomalies: list[tuple[str, int, float, list[str]]]) -> list[l
 # -- episodes ---------------------------------------------------------------------------------
 
 def test_a_spike_opens_one_episode_that_resolves_after_a_quiet_stretch(detector, store):
-    """Tick by tick: the spike opens one event at once, naming latency; it stays open while
+    """Tick by tick: the spike opens one event naming latency as soon as it holds
+    ``anomaly_min_points`` points (none before); it stays open while
     the device has been quiet for resolve_after_s or less and resolves after longer; the
     second spike opens a second event; the clean device gets none."""
     clock = Clock()
@@ -90,10 +92,12 @@ def test_a_spike_opens_one_episode_that_resolves_after_a_quiet_stretch(detector,
         first_status[round(ts_s * 1000)] = events[0].status if events else None
         if events and events[0].status == "open":
             open_points.append(events[0].payload["points"])
-        if anomalies and len(anomalies) == len(summary.anomalies):  # the very first point
+        if 0 < len(anomalies) < MIN_POINTS:
+            assert store.list_events(kind="anomaly") == []
+        elif len(anomalies) - len(summary.anomalies) < MIN_POINTS <= len(anomalies):  # it qualifies
             (event,) = store.list_events(kind="anomaly")
             assert event.status == "open" and event.device_id == HOT
-            assert event.payload["points"] == 1 and event.payload["start_ms"] == anomalies[0][1]
+            assert event.payload["points"] == MIN_POINTS and event.payload["start_ms"] == anomalies[0][1]
 
     assert anomalies and {a[0] for a in anomalies} == {HOT}
     assert store.list_events(kind="anomaly", device_id=CALM) == []
@@ -101,11 +105,11 @@ def test_a_spike_opens_one_episode_that_resolves_after_a_quiet_stretch(detector,
     assert first and second
     assert feed_ms(SPIKES_S[0][0]) <= first[0][1] <= feed_ms(SPIKES_S[0][1])
     assert feed_ms(SPIKES_S[1][0]) <= second[0][1] <= feed_ms(SPIKES_S[1][1])
-    # open from its first point while the newest sample is at most resolve_after_s past its
-    # last point, resolved from the first sample beyond that
+    # open from its MIN_POINTS-th point while the newest sample is at most resolve_after_s
+    # past its last point, resolved from the first sample beyond that
     last_ms = first[-1][1]
     for at_ms, status in first_status.items():
-        if at_ms < first[0][1]:
+        if at_ms < first[MIN_POINTS - 1][1]:
             assert status is None, at_ms
         elif at_ms - last_ms <= RESOLVE_AFTER_S * 1000:
             assert status == "open", at_ms
@@ -163,9 +167,9 @@ def test_flush_writes_the_current_state_of_open_episodes(detector, store, monkey
     anomalies: list = []
     for _, rows in ticks(feed[t <= SPIKES_S[0][1] + 5]):
         anomalies += live.score(rows)[1].anomalies
-    assert len(anomalies) > 1
+    assert len(anomalies) > MIN_POINTS
     (stored,) = store.list_events(kind="anomaly")
-    assert stored.payload["points"] == 1 and len(writes) == 1
+    assert stored.payload["points"] == MIN_POINTS and len(writes) == 1
     live.flush()
     (flushed,) = store.list_events(kind="anomaly")
     assert len(writes) == 2 and flushed.event_id == stored.event_id
@@ -247,6 +251,23 @@ def test_resent_samples_still_in_the_buffer_are_not_scored_again(detector, store
     # regression: a batch of already-buffered samples once failed with "frame has no rows"
     scores, summary = live.score(feed.iloc[38:40])
     assert scores.empty and summary.n_windows == 0 and summary.anomalies == []
+
+
+def test_an_episode_of_fewer_points_than_an_alert_needs_writes_no_event(detector, store):
+    """The smoothed score grazing its threshold for a point or two is counted, not shown:
+    no event, as no device anomaly alert opens for it either."""
+    cfg = eyenet_config()
+    live = LiveScorer(detector, store, cfg, MODEL_VERSION, now_s=Clock(1e9))
+    for ts_ms in (1_000, 2_000):
+        live._extend_episode(HOT, ts_ms, 0.6, ["latency"], 1.0)
+    gap_ms = int(cfg.alerts.resolve_after_s * 1000)
+    live._extend_episode(HOT, 2_000 + gap_ms + 1_000, 0.6, ["latency"], 2.0)  # the short one ends
+    assert store.list_events(kind="anomaly") == []
+    assert live.totals["episodes_below_min_points"] == 1
+    for ts_ms in range(cfg.alerts.anomaly_min_points - 1):
+        live._extend_episode(HOT, 2_000 + gap_ms + 2_000 + ts_ms * 1000, 0.7, ["latency"], 3.0)
+    (event,) = store.list_events(kind="anomaly")
+    assert event.status == "open" and event.payload["points"] == cfg.alerts.anomaly_min_points
 
 
 def test_a_pool_started_mid_stream_primes_each_device_from_the_store(detector, store):
