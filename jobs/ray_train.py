@@ -1,15 +1,13 @@
 """Train the detector on Ray Train (``TorchTrainer``, DDP over ``--workers``).
 
-The scaled history is cut into chunks of consecutive rows (each with the ``window`` rows
-before its first target), and each worker expands only its own share of the windows while
-it trains. Chunks are what moves between processes, not windows, so the object store holds
-the history once rather than ``window`` times over. A history the driver holds
-(:func:`train_on_ray`) reaches the workers as one object in the object store; each worker
-expands its windows itself. It once went through Ray Data too, whose expansion tasks ran
-in worker processes of their own: on 2 cores an epoch then trained 713 windows/s against
-9,000 in one process, and a demo trial spent most of its minute waiting on them. A fleet
-history larger than the driver's memory (:func:`store_split_datasets`) is read from the
-store inside Ray Data tasks and streamed to the workers as dataset shards.
+A history the driver holds (:func:`train_on_ray`) reaches the workers as one object in the
+object store: the scaled rows once and the rows of the training and held-out targets, not
+the windows (``window`` times the history). Each rank cuts its own share of the windows
+from it while it trains. It once went through Ray Data too, whose expansion tasks ran in
+worker processes of their own: on 2 cores an epoch then trained 713 windows/s against 9,000
+in one process, and a demo trial spent most of its minute waiting on them. A fleet history
+larger than the driver's memory (:func:`store_split_datasets`) is read from the store
+inside Ray Data tasks and streamed to the workers as dataset shards.
 
 Each epoch rank 0 reports a checkpoint holding the current weights, the optimizer, the
 early-stopping state and the best weights so far; after a worker dies, Ray Train
@@ -47,7 +45,6 @@ from eyenet.detection.training import (
 )
 from eyenet.errors import EyeNetError
 
-CHUNK_TARGETS = 2048
 STATE_FILE = "state.pt"
 STREAM_WINDOWS = 4096
 EVAL_BATCH = 1024
@@ -59,67 +56,23 @@ DATA_RESERVE_CPUS = 0.5
 NO_FLOOR_MS = -(2**62)
 
 
-def chunk_arrays(data: TrainingData, targets: np.ndarray, window: int,
-                 chunk_targets: int = CHUNK_TARGETS) -> list[dict[str, np.ndarray]]:
-    """Cut the scaled history into fixed-size chunks: rows, target mask and label.
-
-    A chunk covers the targets in ``chunk_targets`` consecutive rows (fewer where windows
-    were left out) plus the ``window`` rows before the first, so every chunk has the same
-    shape whatever gaps the targets have.
-    """
-    n_feat = data.scaled.shape[1]
-    rows_len = chunk_targets + window
-    chunks = []
-    i = 0
-    while i < len(targets):
-        first_target = int(targets[i])
-        end = int(np.searchsorted(targets, first_target + chunk_targets, side="left"))
-        part = targets[i:end]
-        first = first_target - window
-        span = slice(first, int(part[-1]) + 1)
-        rows = np.zeros((rows_len, n_feat), np.float32)
-        rows[:span.stop - first] = data.scaled[span]
-        mask = np.zeros(rows_len, bool)
-        mask[part - first] = True
-        label = np.zeros(rows_len, np.float32)
-        label[:span.stop - first] = data.features.flagged[span]
-        chunks.append({"rows": rows, "is_target": mask, "label": label})
-        i = end
-    return chunks
-
-
-def rank_targets(chunks: list[dict[str, np.ndarray]], rank: int, world: int) -> list[np.ndarray]:
-    """Each chunk's target rows that are ``rank``'s: every ``world``-th window in chunk
-    order, the same count on every rank (DDP steps together; the remainder of fewer than
-    ``world`` windows is left out), so every window is trained on once per epoch."""
-    offset, per_rank, out = 0, sum(int(c["is_target"].sum()) for c in chunks) // world, []
-    for chunk in chunks:
-        targets = np.flatnonzero(chunk["is_target"])
-        index = offset + np.arange(len(targets))
-        mine = (index % world == rank) & (index // world < per_rank)
-        out.append(targets[mine])
-        offset += len(targets)
-    return out
+def rank_targets(targets: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """The target rows that are ``rank``'s: every ``world``-th, the same count on every rank
+    (DDP steps together; the remainder of fewer than ``world`` windows is left out), so
+    every window is trained on once per epoch."""
+    return np.asarray(targets)[rank::world][:len(targets) // world]
 
 
 class RankWindows:
-    """One rank's windows over the chunks it was sent: their rows laid end to end (about
-    the history's size, not ``window`` times it) and the rows its targets sit at. An epoch
-    shuffles all of them, as training in one process does: a shuffle within blocks of a
-    few chunks (each one device's stretch of time) fed mini-batches of two or three devices
+    """One rank's windows: the scaled history's rows and the rows its targets sit at. An
+    epoch shuffles all of them, as training in one process does: a shuffle within blocks of
+    a few chunks (each one device's stretch of time) fed mini-batches of two or three devices
     at a time, and validation loss came out ten times the in-process one."""
 
-    def __init__(self, chunks: list[dict[str, np.ndarray]], targets: list[np.ndarray], window: int,
+    def __init__(self, rows: np.ndarray, labels: np.ndarray, targets: np.ndarray, window: int,
                  objective: str) -> None:
+        self.rows, self.labels, self.targets = rows, labels, np.asarray(targets, np.int64)
         self.window, self.forecast = window, objective == "forecast"
-        if not chunks:
-            self.rows, self.labels = np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
-            self.targets = np.zeros(0, np.int64)
-            return
-        self.rows = np.concatenate([c["rows"] for c in chunks])
-        self.labels = np.concatenate([c["label"] for c in chunks])
-        offsets = np.cumsum([0] + [len(c["rows"]) for c in chunks[:-1]])
-        self.targets = np.concatenate([o + t for o, t in zip(offsets, targets, strict=True)])
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -296,32 +249,31 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def _worker_batches(loop_config: dict[str, Any], cfg: DetectorConfig, rank: int, world: int,
                     device: torch.device) -> Any:
     """``batches(split, batch_size, seed)``: one epoch's mini-batches of this rank's share of
-    ``split`` ("train" or "val"), from the driver's chunks or from Ray Data shards."""
+    ``split`` ("train" or "val"), from the driver's history or from Ray Data shards."""
     import ray
     import ray.train
 
-    if loop_config.get("chunks") is None:
+    if loop_config.get("history") is None:
         shards = {split: ray.train.get_dataset_shard(split) for split in ("train", "val")}
         return lambda split, batch_size, seed: _batches(shards[split], batch_size, device, seed)
-    windows = {}
-    for split, ref in loop_config["chunks"].items():
-        chunks = ray.get(ref)
-        windows[split] = RankWindows(chunks, rank_targets(chunks, rank, world), cfg.window_steps,
-                                     cfg.objective)
+    history = ray.get(loop_config["history"])
+    windows = {split: RankWindows(history["rows"], history["labels"],
+                                  rank_targets(history[split], rank, world), cfg.window_steps, cfg.objective)
+               for split in ("train", "val")}
     return lambda split, batch_size, seed: windows[split].batches(batch_size, device, seed)
 
 
 def train_on_ray(detector: Detector, data: TrainingData, **kwargs: Any) -> FitResult:
     """Fit ``detector``'s network on prepared ``data`` with a TorchTrainer; returns the best
-    weights. The chunks go to the workers through the object store, once. ``kwargs``: those
-    of :func:`train_datasets_on_ray`."""
+    weights. The history goes to the workers through the object store, once. ``kwargs``:
+    those of :func:`train_datasets_on_ray`."""
     import ray
 
-    cfg = detector.config
     _check_resources(kwargs.get("workers", 1), kwargs.get("gpus", 0))
-    chunks = {"train": ray.put(chunk_arrays(data, data.train_targets, cfg.window_steps)),
-              "val": ray.put(chunk_arrays(data, data.val_targets, cfg.window_steps))}
-    return train_datasets_on_ray(detector, None, data.scaled.shape[1], chunks=chunks, **kwargs)
+    history = ray.put({"rows": np.asarray(data.scaled, np.float32),
+                       "labels": data.features.flagged.astype(np.float32),
+                       "train": data.train_targets, "val": data.val_targets})
+    return train_datasets_on_ray(detector, None, data.scaled.shape[1], history=history, **kwargs)
 
 
 def _check_resources(workers: int, gpus: float) -> None:
@@ -337,18 +289,17 @@ def train_datasets_on_ray(detector: Detector, datasets: dict[str, Any] | None, n
                           callbacks: list[Any] | None = None, run_name: str | None = None,
                           fault_injection: dict[str, Any] | None = None,
                           cpus_per_worker: float | None = None,
-                          chunks: dict[str, Any] | None = None) -> FitResult:
+                          history: Any = None) -> FitResult:
     """Fit ``detector``'s network on Ray Data ``datasets`` (``train`` and ``val``, rows of
-    window ``x`` and target ``y``: :func:`store_split_datasets`), or on ``chunks`` (object
-    refs of :func:`chunk_arrays`' lists, ``train`` and ``val``)."""
+    window ``x`` and target ``y``: :func:`store_split_datasets`), or on ``history`` (an
+    object ref of :func:`train_on_ray`'s rows, labels and ``train``/``val`` target rows)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = detector.config
     _check_resources(workers, gpus)
-    given = datasets if chunks is None else chunks
-    if given is None or set(given) != {"train", "val"}:
-        raise EyeNetError(f"training needs datasets 'train' and 'val', got {sorted(given or {})}")
+    if history is None and (datasets is None or set(datasets) != {"train", "val"}):
+        raise EyeNetError(f"training needs datasets 'train' and 'val', got {sorted(datasets or {})}")
     if cpus_per_worker is None:
         cpus_per_worker = worker_cpus(workers)
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus / workers} if gpus else {})}
@@ -356,7 +307,7 @@ def train_datasets_on_ray(detector: Detector, datasets: dict[str, Any] | None, n
         train_loop_per_worker,
         train_loop_config={"detector": cfg.model_dump(mode="json"),
                            "n_features": n_features, "max_epochs": max_epochs,
-                           "fault_injection": fault_injection, "gpus": gpus, "chunks": chunks},
+                           "fault_injection": fault_injection, "gpus": gpus, "history": history},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus),
                                      resources_per_worker=resources),
         # one worker exchanges no gradients: gloo's group costs nothing and, unlike NCCL,
@@ -368,7 +319,7 @@ def train_datasets_on_ray(detector: Detector, datasets: dict[str, Any] | None, n
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             callbacks=callbacks),
-        datasets=datasets if chunks is None else None)
+        datasets=datasets if history is None else None)
     started = time.perf_counter()
     result = trainer.fit()
     return fit_result_from_checkpoint(result.checkpoint, time.perf_counter() - started)

@@ -1,5 +1,5 @@
-"""Chunking of the training history and each Ray Train rank's windows over the chunks
-(pure numpy; no Ray started)."""
+"""Each Ray Train rank's windows over the training history the driver sends (pure numpy;
+no Ray started)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from eyenet.config import DetectorConfig
 from eyenet.detection.detector import Detector
-from jobs.ray_train import RankWindows, chunk_arrays, rank_targets
+from jobs.ray_train import RankWindows, rank_targets
 
 WINDOW = 5
 CPU = torch.device("cpu")
@@ -30,6 +30,12 @@ def prepared(rows: int = 500, flagged: slice | None = None, devices: int = 1):
     return det.prepare(pd.concat(frames, ignore_index=True))
 
 
+def share(data, objective: str = "forecast", rank: int = 0, world: int = 1) -> RankWindows:
+    """What ``rank`` of ``world`` trains on, as a Train worker builds it."""
+    return RankWindows(data.scaled, data.features.flagged.astype(np.float32),
+                       rank_targets(data.train_targets, rank, world), WINDOW, objective)
+
+
 def epoch(windows: RankWindows, batch_size: int = 16, seed: int | None = None):
     batches = list(windows.batches(batch_size, CPU, seed))
     return (torch.cat([x for x, _ in batches]).numpy(), torch.cat([y for _, y in batches]).numpy(),
@@ -38,22 +44,18 @@ def epoch(windows: RankWindows, batch_size: int = 16, seed: int | None = None):
 
 def test_one_rank_gets_exactly_the_in_memory_windows():
     data = prepared()
-    chunks = chunk_arrays(data, data.train_targets, WINDOW, chunk_targets=64)
-    assert len({c["rows"].shape for c in chunks}) == 1
-    x, y, sizes = epoch(RankWindows(chunks, rank_targets(chunks, 0, 1), WINDOW, "forecast"))
+    x, y, sizes = epoch(share(data))
     want_x, want_y = data.arrays(data.train_targets, WINDOW, "forecast")
     np.testing.assert_array_equal(x, want_x)
     np.testing.assert_array_equal(y, want_y)
     assert sizes[:-1] == [16] * (len(sizes) - 1)
 
 
-def test_targets_with_holes_still_fit_their_chunks():
-    """Regression: chunks were cut by target count, so a hole left by excluded (flagged)
-    windows made a chunk's rows longer than its fixed shape and chunking failed."""
+def test_targets_with_holes_give_exactly_the_in_memory_windows():
+    """A hole left by excluded (flagged) windows is no window of the epoch."""
     data = prepared(flagged=slice(100, 160))
     assert np.diff(data.train_targets).max() > 50
-    chunks = chunk_arrays(data, data.train_targets, WINDOW, chunk_targets=64)
-    x, _, _ = epoch(RankWindows(chunks, rank_targets(chunks, 0, 1), WINDOW, "forecast"))
+    x, _, _ = epoch(share(data))
     np.testing.assert_array_equal(x, data.arrays(data.train_targets, WINDOW, "forecast")[0])
 
 
@@ -62,8 +64,7 @@ def test_ranks_share_the_windows_evenly_and_each_window_once(world):
     """DDP steps every rank together: each rank gets the same count, and together they get
     every window once (less a remainder of fewer than ``world``)."""
     data = prepared(rows=301)
-    chunks = chunk_arrays(data, data.train_targets, WINDOW, chunk_targets=50)
-    shares = [RankWindows(chunks, rank_targets(chunks, r, world), WINDOW, "forecast") for r in range(world)]
+    shares = [share(data, rank=r, world=world) for r in range(world)]
     assert len({len(s) for s in shares}) == 1
     assert len(data.train_targets) - world < sum(len(s) for s in shares) <= len(data.train_targets)
     seen = np.concatenate([epoch(s)[1] for s in shares])
@@ -72,13 +73,12 @@ def test_ranks_share_the_windows_evenly_and_each_window_once(world):
     assert {tuple(r) for r in seen} <= {tuple(r) for r in want}
 
 
-def test_an_epoch_shuffles_across_every_chunk():
-    """A seeded epoch is every window once in an order drawn over all chunks (devices): its
+def test_an_epoch_shuffles_across_every_device():
+    """A seeded epoch is every window once in an order drawn over all devices: its
     first mini-batch already mixes windows of most devices, as training in one process does.
     Shuffled only within blocks of a few chunks, a batch held two or three devices."""
     data = prepared(rows=1500, devices=8)  # 9,500 windows: more than a block of STREAM_WINDOWS
-    chunks = chunk_arrays(data, data.train_targets, WINDOW)
-    windows = RankWindows(chunks, rank_targets(chunks, 0, 1), WINDOW, "forecast")
+    windows = share(data)
     x, y, _ = epoch(windows, batch_size=32, seed=1)
     _, plain_y, _ = epoch(windows)
     assert sorted(map(tuple, y)) == sorted(map(tuple, plain_y))
@@ -92,11 +92,11 @@ def test_an_epoch_shuffles_across_every_chunk():
 
 def test_a_classifier_rank_gets_the_labels_as_targets():
     data = prepared(flagged=slice(200, 203))
-    chunks = chunk_arrays(data, data.train_targets, WINDOW, chunk_targets=64)
-    _, y, _ = epoch(RankWindows(chunks, rank_targets(chunks, 0, 1), WINDOW, "classify"))
+    _, y, _ = epoch(share(data, "classify"))
     np.testing.assert_array_equal(y, data.arrays(data.train_targets, WINDOW, "classify")[1])
 
 
 def test_a_rank_without_windows_yields_nothing():
-    windows = RankWindows([], [], WINDOW, "forecast")
+    windows = RankWindows(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                          WINDOW, "forecast")
     assert len(windows) == 0 and list(windows.batches(8, CPU, 0)) == []
