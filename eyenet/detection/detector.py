@@ -274,17 +274,18 @@ class Detector:
         return rows.frame(np.flatnonzero(own))
 
     def score_rows(self, frame: pd.DataFrame, cold: ColdStart | None = None,
-                   regimes: RegimeTracker | None = None) -> ScoredRows:
+                   regimes: RegimeTracker | None = None, alias: Any = None) -> ScoredRows:
         """:meth:`score`'s numbers as arrays, rows ordered by device then time: what a caller
         that wants a few rows (the newest of each window) uses without building a frame.
         ``cold``: where unseen devices' learned scales come from, ``regimes``: devices'
-        regimes (default: a fresh learner and tracker, from the frame's first rows)."""
+        regimes (default: a fresh learner and tracker, from the frame's first rows);
+        ``alias``: row key -> device, where the frame's device ids are keys (Serve's windows)."""
         self.require_fitted()
         feats = self.features(frame)
         rows = self.scaled(feats, cold)
         inputs, changes = self.adapted(feats, rows.scaled, regimes, advance=~rows.learning)
         raw, contrib, scored = self.raw_scores(feats, inputs, rows.segments)
-        return self.scored_rows(feats, raw, contrib, scored, changes, rows.learning)
+        return self.scored_rows(feats, raw, contrib, scored, changes, rows.learning, alias)
 
     def cold_start(self, lookup: Any = None, alias: Any = None) -> ColdStart:
         """A learner of unseen devices' statistics (``lookup``: device -> DeviceStats saved
@@ -324,11 +325,12 @@ class Detector:
 
     def scored_rows(self, feats: FeatureFrame, raw: np.ndarray, contrib: np.ndarray,
                     scored: np.ndarray, regime_changes: list[RegimeChange] | None = None,
-                    learning: np.ndarray | None = None) -> ScoredRows:
+                    learning: np.ndarray | None = None, alias: Any = None) -> ScoredRows:
         """Calibrated scores, thresholds and flags from raw scores and contributions; a
-        device still learning its statistics is scored and never alerts."""
+        device still learning its statistics is scored and never alerts. ``alias``: row key
+        -> device, for the per-device thresholds (see :meth:`score_rows`)."""
         score = np.where(scored, self.calibrate(raw), 0.0)
-        thresholds = self.rule.thresholds(feats.device_ids)
+        thresholds = self.rule.thresholds(feats.device_ids, alias)
         learning = np.zeros(len(score), bool) if learning is None else learning
         decision = self.rule.decide(score, scored, thresholds) & ~learning
         return ScoredRows(feats, score, raw, thresholds, decision, contrib, scored, self.feature_names,

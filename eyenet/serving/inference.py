@@ -254,7 +254,7 @@ class InferenceService:
         # each device judged in the regime the feature pool keeps for it (never moved here)
         regimes = self.detector.regime_tracker(self._regime, alias=device_of, frozen=True) \
             if self.store is not None else None
-        rows = self.detector.score_rows(frame, cold, regimes)
+        rows = self.detector.score_rows(frame, cold, regimes, alias=device_of)
         last = np.cumsum(checked.lengths) - 1
         if not np.array_equal(rows.features.device_ids[last], keys):
             raise RequestError("a window's rows are not in time order", "windows")

@@ -3,6 +3,7 @@ bad input gets a 4xx naming the field, auth refuses missing or wrong keys."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -352,3 +353,21 @@ def test_a_device_the_model_never_saw_is_learning_until_the_pool_has_learned_its
     later = InferenceService(detector, mv.version, cfg.sample_interval_s, store).score(
         ScoreRequest(windows=[window]))[0]
     assert later["state"] == "judged" and later["is_anomaly"]
+
+
+def test_a_devices_own_threshold_decides_its_served_predictions(tmp_path, detector):
+    """Regression: Serve scores each window under a key of its own (index and device), and
+    the decision rule looked those keys up instead of the device, so every window was
+    judged at the fleet's 0.5: a loud demo device with its own 0.60 was flagged by
+    /v1/predict on its normal noise and the monitor opened a device alert for it."""
+    loud = copy.deepcopy(detector)
+    loud.rule.devices = {"r1": 0.999, "w1": 0.001}
+    cfg, store, mv, _ = promoted_store(tmp_path, loud)
+    backend = LocalBackend(cfg, store, InferenceService(loud, mv.version, cfg.sample_interval_s, store))
+    http = client(backend)
+    predicted = http.post("/v1/predict", json={"device_id": "r1"}).json()
+    assert predicted["threshold"] == 0.999 and not predicted["is_anomaly"]
+    frame = telemetry(40, start_s=9000, seed=1, devices=("w1",))
+    scored = http.post("/v1/score", json={"windows": [window_body(frame)]}).json()[0]
+    assert scored["threshold"] == 0.001
+    assert scored["is_anomaly"] == (scored["anomaly_score"] > 0.001)
