@@ -136,6 +136,7 @@ class Detector:
         self.rule = DecisionRule(devices=dict(config.device_thresholds))
         self.sample_interval_s: float | None = None  # median spacing of the training history
         self.regime_reference: np.ndarray | None = None  # training noise per feature (see regime.py)
+        self.error_prior: np.ndarray | None = None  # where each segment's profile starts (scoring.py)
         self.reference: dict[str, Any] = {}
         self.training: dict[str, Any] = {}
 
@@ -221,6 +222,10 @@ class Detector:
             self.calibrator = Calibrator(0.0, 1.0)
             self.rule = DecisionRule(devices=dict(cfg.device_thresholds))
         else:
+            # the typical normal error each feature's profile starts from (scoring.smoothed_errors)
+            self.error_prior = None
+            contrib = self.raw_scores(val, val_scaled, val.segments)[1][normal]
+            self.error_prior = np.nanmedian(contrib, axis=0)
             raw = self.raw_scores(val, val_scaled, val.segments)[0][normal]
             tail = {"risk": cfg.threshold_risk, "init_quantile": cfg.threshold_init_quantile}
             self.calibrator = Calibrator.fit(raw, **tail)
@@ -355,7 +360,8 @@ class Detector:
         if model.outputs_probability:
             raw[targets] = point_raw
         else:
-            contrib = smoothed_errors(contrib, segments, self.config.smoothing)
+            prior = self.error_prior if model is self.model else None
+            contrib = smoothed_errors(contrib, segments, self.config.smoothing, prior)
             raw = contrib.sum(axis=1)
         return raw, contrib, scored
 
@@ -403,7 +409,8 @@ class Detector:
                 "sample_interval_s": self.sample_interval_s,
                 "regime_reference": None if self.regime_reference is None else self.regime_reference.tolist(),
                 "scaling": self.scaling.to_dict(), "calibration": self.calibrator.to_dict(),
-                "thresholds": self.rule.to_dict(), "training": self.training}
+                "thresholds": self.rule.to_dict(), "training": self.training,
+                "error_prior": None if self.error_prior is None else self.error_prior.tolist()}
         (path / META_FILE).write_text(json.dumps(meta, indent=1))
         (path / REFERENCE_FILE).write_text(json.dumps(self.reference))
         return path
@@ -429,6 +436,8 @@ class Detector:
                 det.regime_reference = np.asarray(meta["regime_reference"], np.float64)
             det.calibrator = Calibrator.from_dict(meta["calibration"])
             det.rule = DecisionRule.from_dict(meta.get("thresholds") or {})
+            if meta.get("error_prior") is not None:   # saved since the profile has a prior
+                det.error_prior = np.asarray(meta["error_prior"], np.float64)
             det.training, det.reference = meta.get("training", {}), reference
             kind = meta.get("kind", "lstm")  # format 1 saved the LSTM only
             weights = load_weights(path / WEIGHTS_FILE) if (path / WEIGHTS_FILE).exists() else None

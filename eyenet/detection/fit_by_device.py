@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from eyenet.detection.decision import DecisionRule
 from eyenet.detection.detector import Detector
 from eyenet.detection.device_scaling import MIN_DEVICE_ROWS, DeviceScaler, log_prepared
 from eyenet.detection.error_models import lstm_from_weights
@@ -57,6 +58,10 @@ FLEET_SAMPLE_ROWS = 100_000
 # row of every device (8 bytes x rows x devices), and a device with a long tail must not
 # outweigh the others in a fleet-wide quantile.
 CALIBRATION_ROWS_PER_DEVICE = 5_000
+# Devices whose held-out errors give the error prior (a median per feature): a median of
+# 50 devices' few thousand rows each is settled, and each is read twice. With as many
+# devices or fewer it is exactly what finish() fits.
+PRIOR_DEVICES = 50
 
 
 def incident_spans(events: Iterable[Any], tolerance_s: float) -> dict[str, list[tuple[int, int]]]:
@@ -329,27 +334,43 @@ def calibrate_by_device(detector: Detector, result: FitResult, splits: list[Devi
                         rows_per_device: int = CALIBRATION_ROWS_PER_DEVICE) -> Detector:
     """:meth:`Detector.finish` for the LSTM, device by device: each device's held-out tail
     (rows from ``cut_ms``, features built on its whole history as ``prepare`` builds them)
-    is scored, and the first ``rows_per_device`` of it feed the threshold."""
+    is scored, and the first ``rows_per_device`` of it feed the error prior (from the first
+    ``PRIOR_DEVICES`` devices, read once more), the threshold and the decision rule."""
     cfg = detector.config
     if cfg.kind != "lstm":
         raise TelemetryError(f"calibration device by device scores the LSTM alone; kind {cfg.kind!r} "
                              "fits on the history frame")
-    model = lstm_from_weights(cfg, len(detector.feature_names), result.state_dict)
-    kept: list[np.ndarray] = []
-    for split in splits:
-        if split.val_windows == 0:
-            continue
+    detector.model = lstm_from_weights(cfg, len(detector.feature_names), result.state_dict)
+    detector.error_prior = None
+    held = [s for s in splits if s.val_windows]
+
+    def held_out(split: DeviceSplit) -> tuple[Any, np.ndarray, np.ndarray]:
         feats = detector.features(read_device(split.device_id))
         val = feats.select(np.flatnonzero(feats.timestamps_ms >= split.cut_ms)[:rows_per_device])
-        val_scaled, normal = detector.held_out_normal(val)
+        return val, *detector.held_out_normal(val)
+
+    if detector.smoothed:
+        contrib = [detector.raw_scores(val, scaled, val.segments)[1][normal]
+                   for val, scaled, normal in map(held_out, held[:PRIOR_DEVICES])]
+        detector.error_prior = np.nanmedian(np.concatenate(contrib), axis=0) if contrib else None
+    kept: list[np.ndarray] = []
+    devices: list[np.ndarray] = []
+    for val, scaled, normal in map(held_out, held):
         if normal.any():
-            kept.append(detector.raw_scores(val, val_scaled, val.segments, model)[0][normal])
+            kept.append(detector.raw_scores(val, scaled, val.segments)[0][normal])
+            devices.append(val.device_ids[normal])
     if not kept:
         raise TelemetryError("every held-out window touches a labelled incident; nothing "
                              "normal is left to calibrate the threshold on")
-    detector.model = model
-    detector.calibrator = Calibrator(0.0, 1.0) if model.outputs_probability else Calibrator.fit(
-        np.concatenate(kept), risk=cfg.threshold_risk, init_quantile=cfg.threshold_init_quantile)
+    if detector.model.outputs_probability:
+        detector.calibrator = Calibrator(0.0, 1.0)
+        detector.rule = DecisionRule(devices=dict(cfg.device_thresholds))
+    else:
+        raw, ids = np.concatenate(kept), np.concatenate(devices)
+        tail = {"risk": cfg.threshold_risk, "init_quantile": cfg.threshold_init_quantile}
+        detector.calibrator = Calibrator.fit(raw, **tail)
+        detector.rule = DecisionRule.fit(raw, ids, detector.calibrator, **tail,
+                                         overrides=cfg.device_thresholds)
     detector.training = {"kind": cfg.kind, "train_windows": sum(s.train_windows for s in splits),
                          "val_windows": sum(s.val_windows for s in splits),
                          "excluded_flagged_rows": int(flagged_rows),

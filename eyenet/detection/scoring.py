@@ -27,7 +27,15 @@ from scipy.signal import lfilter
 MIN_TAIL_POINTS = 10
 
 
-def smoothed_errors(squared_errors: np.ndarray, segments: np.ndarray, steps: int) -> np.ndarray:
+def prior_weights(steps: int, rows: int) -> np.ndarray:
+    """The weight of the ``prior`` of :func:`smoothed_errors` at each of a segment's first
+    ``rows`` rows: a full history's, ``1 / (1 - w)``, decayed once per row."""
+    decay = 1.0 - 2.0 / (steps + 1.0)
+    return decay ** np.arange(1, rows + 1) / (1.0 - decay)
+
+
+def smoothed_errors(squared_errors: np.ndarray, segments: np.ndarray, steps: int,
+                    prior: np.ndarray | None = None) -> np.ndarray:
     """EWM (span ``steps``) of each column, restarted at every segment boundary.
 
     The same numbers as pandas' ``ewm(span=steps, adjust=True).mean()`` per segment (and as
@@ -37,6 +45,13 @@ def smoothed_errors(squared_errors: np.ndarray, segments: np.ndarray, steps: int
     stay missing. Written as two linear filters per segment because pandas' grouped EWM
     costs about 0.1 ms per group, which dominated scoring many short windows; segments
     of one length are filtered as one block.
+
+    ``prior`` (one value per column: the typical normal error) starts every segment as if it
+    had a long normal history behind it: its weight is a full history's and decays like
+    any value's. Without it a segment's first points are the mean of one, two, three raw
+    errors, far noisier than the smoothed profile the threshold was fitted on: a pipeline
+    started on an empty store flagged quiet devices at its first scored points. An incident
+    still shows at once: its errors are many times the prior.
     """
     if steps <= 1 or len(squared_errors) == 0:
         return squared_errors
@@ -57,8 +72,12 @@ def smoothed_errors(squared_errors: np.ndarray, segments: np.ndarray, steps: int
         rows = starts[lengths == length][:, None] + np.arange(length)
         num = lfilter([1.0], [1.0, -decay], values[rows], axis=1)
         den = lfilter([1.0], [1.0, -decay], present[rows].astype(np.float64), axis=1)
+        seen = den > 0
+        if prior is not None:
+            weight = prior_weights(steps, int(length))[None, :, None]
+            num, den = num + weight * np.asarray(prior, np.float64), den + weight
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[rows] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+            out[rows] = np.where(seen, num / np.where(seen, den, 1.0), np.nan)
     if order is not None:
         restored = np.empty_like(out)
         restored[order] = out

@@ -55,6 +55,7 @@ class _DeviceState:
     last_scored_ms: int | None = None
     num: np.ndarray | None = None      # EWM running sums per feature
     den: np.ndarray | None = None
+    prior_weight: float = 0.0          # the detector's error prior's weight in them, decaying
     primed_ms: int | None = None       # newest stored row the profile was primed with
 
 
@@ -78,6 +79,10 @@ class StreamScorer:
         self.history = history if detector.smoothed else None
         self.prime_rows = self.window + PRIME_SPANS * detector.config.smoothing
         self.decay = 1.0 - 2.0 / (detector.config.smoothing + 1.0)
+        # a segment's profile starts from the detector's typical normal error, at a full
+        # history's weight (none for a model saved without one)
+        self.prior = detector.error_prior if detector.error_prior is not None else 0.0
+        self.full_weight = 1.0 / (1.0 - self.decay) if detector.error_prior is not None else 0.0
         self.smoothed = detector.smoothed  # a classifier's probability is not smoothed
         # each device's regime, carried between calls (None when adaptation is off)
         self.regimes = detector.regime_tracker(regime_lookup)
@@ -234,18 +239,23 @@ class StreamScorer:
             same = len(prev) and state.num is not None and segments[prev[0]] == segments[fresh[0]]
             num = state.num.copy() if same else np.zeros(n_feat)
             den = state.den.copy() if same else np.zeros(n_feat)
+            weight = state.prior_weight if same else self.full_weight
             segment = segments[fresh[0]]
             for r in fresh:
                 if segments[r] != segment:
                     num, den, segment = np.zeros(n_feat), np.zeros(n_feat), segments[r]
+                    weight = self.full_weight
                 x = contrib[r]
                 finite = np.isfinite(x)
                 num = self.decay * num + np.where(finite, x, 0.0)
                 den = self.decay * den + finite
+                weight *= self.decay
+                # as eyenet.detection.scoring.smoothed_errors: the prior starts each segment
+                top, bottom = num + weight * self.prior, den + weight
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    contrib[r] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+                    contrib[r] = np.where(den > 0, top / np.where(den > 0, bottom, 1.0), np.nan)
                 raw[r] = contrib[r].sum()
-            state.num, state.den = num, den
+            state.num, state.den, state.prior_weight = num, den, weight
 
     def _trim(self, scored: pd.DataFrame) -> None:
         if scored.empty:

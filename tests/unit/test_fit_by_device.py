@@ -99,6 +99,10 @@ def test_calibration_device_by_device_equals_finish():
     calibrate_by_device(parts, result, fit.splits, lambda d: groups[d], fit.flagged_rows)
     for key, value in whole.calibrator.to_dict().items():
         np.testing.assert_allclose(parts.calibrator.to_dict()[key], value, rtol=1e-6, err_msg=key)
+    np.testing.assert_allclose(parts.error_prior, whole.error_prior, rtol=1e-6)
+    assert parts.rule.devices.keys() == whole.rule.devices.keys()
+    for device, threshold in whole.rule.devices.items():
+        assert parts.rule.devices[device] == pytest.approx(threshold, rel=1e-6)
     assert parts.training["val_windows"] == whole.training["val_windows"]
     assert parts.training["excluded_flagged_rows"] == whole.training["excluded_flagged_rows"]
     assert parts.score(frame)["score"].to_numpy() == pytest.approx(whole.score(frame)["score"].to_numpy())

@@ -169,6 +169,48 @@ def test_one_step_smoothing_is_the_identity():
 
 # -- top_features ---------------------------------------------------------------------------
 
+
+def test_a_prior_starts_each_segment_as_a_long_normal_history_would():
+    """With a prior, each segment's profile is the EWM of an infinitely long history at the
+    prior level followed by the errors; leading missing rows stay missing."""
+    rng = np.random.default_rng(2)
+    errors = rng.exponential(1.0, (12, 2))
+    errors[6] = np.nan
+    segments = np.array([0] * 7 + [1] * 5)
+    prior = np.array([0.5, 2.0])
+    out = smoothed_errors(errors, segments, steps=5, prior=prior)
+    for seg in (0, 1):
+        rows = segments == seg
+        long_history = np.vstack([np.tile(prior, (2000, 1)), errors[rows]])
+        want = pd.DataFrame(long_history).ewm(span=5, adjust=True).mean().to_numpy()[2000:].copy()
+        want[np.cumsum(np.isfinite(errors[rows]), axis=0) == 0] = np.nan
+        np.testing.assert_allclose(out[rows], want, rtol=1e-9)
+    lead = np.r_[[np.nan, np.nan], [1.0, 1.0]].reshape(2, 2)
+    assert np.isnan(smoothed_errors(lead, np.zeros(2, np.int64), 4, prior=prior)[0]).all()
+
+
+def test_a_segments_first_points_on_normal_data_are_judged_like_the_rest():
+    """Regression: a segment's profile started empty, so its first points were the mean of
+    one, two, three raw errors, far noisier than the smoothed scores the threshold was
+    fitted on: a pipeline started on an empty store flagged quiet devices at its first
+    scored points (the chaos soak: 2 of 95). Started from the typical normal error, the
+    first points of many fresh normal segments alarm no more often than later ones."""
+    from eyenet.detection.detector import Detector
+    from tests.synthetic import METRICS, config, telemetry
+
+    cfg = config(smoothing_steps=30)
+    detector = Detector(cfg, METRICS, gap_s=3.0).fit(telemetry(900))
+    assert detector.error_prior is not None and (detector.error_prior > 0).all()
+    fresh = pd.concat([telemetry(120, start_s=5000 + 1000 * k, seed=10 + k) for k in range(12)],
+                      ignore_index=True)
+    scored = detector.score(fresh)
+    scored = scored[scored["raw_score"].notna()].copy()
+    scored["position"] = scored.groupby(["device_id", scored["timestamp"].dt.floor("1000s")]).cumcount()
+    early = scored[scored["position"] < 5]["score"]
+    late = scored[scored["position"] >= 30]["score"]
+    assert early.quantile(0.9) <= late.quantile(0.99)
+
+
 def test_top_features_are_ordered_largest_first():
     """Each row names its k largest contributions, largest first."""
     contrib = np.array([[0.1, 5.0, 2.0, 0.0], [9.0, 1.0, 3.0, 4.0]])
