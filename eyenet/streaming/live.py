@@ -13,6 +13,10 @@ A *regime change* (kind ``regime_change``, see :mod:`eyenet.detection.regime`) i
 device's new level is adopted. The anomaly episode the move opened becomes that one
 event (same id, now ``regime_change``, resolved), so a device that moves to a new normal
 leaves one alert, not an open anomaly and a second event.
+
+A pool that starts or restarts takes up each device's open episode from the store when it
+meets the device (:meth:`LiveScorer._resume_episodes`): a feature actor killed in the middle
+of an incident used to leave that incident's event open for ever and open a second one.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -38,7 +42,7 @@ from eyenet.monitoring.drift import bin_counts
 from eyenet.monitoring.monitor import LatencyWindow, ScoreSummary
 from eyenet.store import Event, Store
 from eyenet.streaming.scorer import BUFFER_SLACK_ROWS, PRIME_SPANS, StreamScorer
-from eyenet.telemetry.schema import DEVICE, TIMESTAMP, from_ms, ms_of, to_ms
+from eyenet.telemetry.schema import DEVICE, TIMESTAMP, from_ms, ms_of, parse_timestamps, to_ms
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,7 @@ class LiveScorer:
         self.stream = self._stream(detector)
         self._now_s = now_s
         self.episodes: dict[str, _Episode] = {}
+        self._met: set[str] = set()   # devices whose open episode was looked for in the store
         self.sample_age_ms = LatencyWindow(config.monitor.latency_window_s, now_s)
         self.poll_to_score_ms = LatencyWindow(config.monitor.latency_window_s, now_s)
         self.totals: Counter[str] = Counter()
@@ -130,6 +135,41 @@ class LiveScorer:
                         len(device_ids), exc)
             return pd.DataFrame()
 
+    def _resume_episodes(self, samples: pd.DataFrame) -> None:
+        """Take up the open anomaly episode each device met for the first time left in the
+        store (a pool that stopped, or a feature actor that died, while it lasted): one read
+        for the batch. The newest one goes on if the device's first new sample is within
+        ``alerts.resolve_after_s`` of its end (same event id, so its writes replace it);
+        older or other open ones are written resolved. A store that fails leaves them as
+        they are; scoring goes on."""
+        if samples.empty:
+            return
+        ts_ms = to_ms(parse_timestamps(samples[TIMESTAMP])).to_numpy()
+        first_ms = pd.Series(ts_ms).groupby(samples[DEVICE].astype(str).to_numpy()).min()
+        new = set(first_ms.index) - self._met
+        if not new:
+            return
+        self._met.update(new)
+        try:
+            left = [e for e in self.store.list_events(kind="anomaly", status="open", limit=100_000)
+                    if e.device_id in new]
+            gap_ms = self.config.alerts.resolve_after_s * 1000
+            for event in sorted(left, key=lambda e: e.payload.get("end_ms", 0), reverse=True):
+                device, end_ms = str(event.device_id), int(event.payload.get("end_ms", 0))
+                if device not in self.episodes and int(first_ms[device]) - end_ms <= gap_ms:
+                    self.episodes[device] = _Episode(
+                        event.event_id, int(event.payload.get("start_ms", end_ms)), end_ms,
+                        float(event.payload.get("max_score", 0.0)), int(event.payload.get("points", 0)),
+                        Counter({m: len(event.metrics) - i for i, m in enumerate(event.metrics)}),
+                        written_at_s=self._now_s())
+                    self.totals["episodes_resumed"] += 1
+                else:
+                    self.store.upsert_event(replace(event, status="resolved"))
+                    self.totals["episodes_closed_on_resume"] += 1
+        except StoreError as exc:
+            self.totals["episodes_not_resumed"] += len(new)
+            log.warning("could not look up the open episodes of %d devices: %s", len(new), exc)
+
     def switch_model(self, detector: Detector, model_version: int | None) -> None:
         """Score with another model from the next batch on (a promotion or rollback). Open
         episodes, totals and latency windows carry on; the stream keeps each device's
@@ -143,6 +183,7 @@ class LiveScorer:
               polled_at_s: float | None = None) -> tuple[pd.DataFrame, ScoreSummary]:
         """Score new samples; returns the scores and the batch summary for the monitor."""
         started = self._now_s()
+        self._resume_episodes(samples)
         scores = self.stream.update(samples)
         done = self._now_s()
         latency_ms = (done - started) * 1000.0

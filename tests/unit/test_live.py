@@ -297,6 +297,59 @@ def test_a_pool_started_mid_stream_primes_each_device_from_the_store(detector, s
     assert len(scores) == len(after) and unprimed.totals["unprimed_devices"] == 2
 
 
+
+def test_a_scorer_restarted_inside_an_episode_takes_it_up_instead_of_opening_a_second(detector, store):
+    """Regression: a feature actor killed in the middle of an incident came back with no
+    episodes, so the incident got a second anomaly event and the first stayed open for ever
+    (the chaos soak: 3 of 5 incidents had two events). The restarted scorer finds the open
+    event of each device it meets and goes on with it: one event, resolved when the device
+    has been quiet; the same incident scored without a restart gives the same event."""
+    feed = live_feed()
+    seconds = (feed["timestamp"] - feed["timestamp"].min()).dt.total_seconds()
+    spike_start = SPIKES_S[0][0]
+    before = feed[seconds < spike_start + 5]           # the spike has begun: its episode is open
+    after = feed[(seconds >= spike_start + 5) & (seconds < 150)]
+    store.write_samples(before)
+    first = LiveScorer(detector, store, eyenet_config(), MODEL_VERSION, now_s=Clock(1e9))
+    for _, rows in ticks(before):
+        first.score(rows)
+    [opened] = episode_events(store, HOT)
+    assert opened.status == "open"
+    # the actor dies here: nothing flushed; a new one (as Ray restarts it) scores what follows
+    restarted = LiveScorer(detector, store, eyenet_config(), MODEL_VERSION, now_s=Clock(1e9))
+    for _, rows in ticks(after):
+        restarted.score(rows)
+    [event] = episode_events(store, HOT)
+    assert event.event_id == opened.event_id and event.status == "resolved"
+    assert restarted.totals["episodes_resumed"] == 1
+    unbroken = open_store("sqlite:///:memory:")
+    whole = LiveScorer(detector, unbroken, eyenet_config(), MODEL_VERSION, now_s=Clock(1e9))
+    for _, rows in ticks(feed[seconds < 150]):
+        whole.score(rows)
+    [reference] = episode_events(unbroken, HOT)
+    assert (event.payload["start_ms"], event.payload["end_ms"]) == \
+        (reference.payload["start_ms"], reference.payload["end_ms"])
+    # the points counted after the event's last write died with the actor
+    assert 0 < event.payload["points"] <= reference.payload["points"]
+
+
+def test_an_open_episode_older_than_the_quiet_stretch_is_resolved_when_its_device_returns(detector, store):
+    """A pool that comes back long after it stopped mid-episode closes that event instead of
+    leaving it open or extending it over the gap."""
+    feed = live_feed()
+    seconds = (feed["timestamp"] - feed["timestamp"].min()).dt.total_seconds()
+    early = feed[seconds < SPIKES_S[0][0] + 5]
+    first = LiveScorer(detector, store, eyenet_config(), MODEL_VERSION, now_s=Clock(1e9))
+    for _, rows in ticks(early):
+        first.score(rows)
+    first.flush()
+    later = LiveScorer(detector, store, eyenet_config(), MODEL_VERSION, now_s=Clock(1e9))
+    later.score(feed[(seconds >= 120) & (seconds < 121)])
+    [event] = episode_events(store, HOT)
+    assert event.status == "resolved" and later.totals["episodes_closed_on_resume"] == 1
+    assert HOT not in later.episodes
+
+
 # -- stats --------------------------------------------------------------------------------------
 
 def test_stats_totals_and_reset(detector, store, monkeypatch):
