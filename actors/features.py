@@ -14,6 +14,7 @@ scoring.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -115,6 +116,7 @@ class FeatureActor:
         stats = self._current().stats()
         stats["monitor_errors"] = self.monitor_errors
         stats["follower"] = self.follower.stats()
+        stats["pid"] = os.getpid()   # a new one after a restart
         return stats
 
     def reset_stats(self) -> None:

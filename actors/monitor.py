@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from typing import Any
 
@@ -98,6 +99,7 @@ class MonitorActor:
             stats = self.monitor.stats()
         stats["loop_errors"] = self.loop_errors
         stats["follower"] = self.follower.stats()
+        stats["pid"] = os.getpid()   # a new one after a restart
         return stats
 
     def metrics(self) -> dict[str, Any]:

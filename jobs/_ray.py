@@ -55,3 +55,12 @@ def started_here() -> bool:
 
     node = ray._private.worker._global_node if ray.is_initialized() else None
     return bool(node is not None and node.head)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (for a benchmark's own Serve or server)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -18,7 +18,6 @@ bounded by it too; compare the ratios, which it affects alike.
 from __future__ import annotations
 
 import asyncio
-import socket
 import tempfile
 import threading
 import time
@@ -31,16 +30,11 @@ from fastapi import FastAPI
 from ray import serve
 
 from eyenet.config import EyeNetConfig
+from jobs._ray import free_port
 from jobs.options import ServeBenchOptions, job_main, print_result
 
 WARMUP_S = 2.0
 LOAD_PROCESSES = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _clients(url: str, bodies: list[bytes] | None, clients: int, warmup_s: float,
@@ -171,7 +165,7 @@ def run_serve_bench(clients: int = 16, seconds: float = 15.0,
     import torch
 
     torch.set_num_threads(1)
-    port = _free_port()
+    port = free_port()
     backend = LocalBackend(config, open_store(config.store_uri), InferenceService(detector, 1))
     server = uvicorn.Server(uvicorn.Config(create_app(backend, api_key=""), host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -185,7 +179,7 @@ def run_serve_bench(clients: int = 16, seconds: float = 15.0,
     thread.join()
 
     ensure_ray()
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     noop_app = FastAPI()
 

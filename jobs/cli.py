@@ -20,6 +20,7 @@ import yaml
 from eyenet import __version__
 from eyenet.config import EyeNetConfig
 from jobs.options import (
+    ChaosBenchOptions,
     DemoOptions,
     DeployOptions,
     DetectOptions,
@@ -88,6 +89,8 @@ BENCHES = (
     ("pipeline", "the live pipeline: sample-to-score latency, memory",
      PipelineBenchOptions, _job("jobs.bench_pipeline")),
     ("serve", "HTTP requests/s against a no-op deployment", ServeBenchOptions, _job("jobs.bench_serve")),
+    ("chaos", "the pipeline and the API under load while components are killed: what was lost",
+     ChaosBenchOptions, _job("jobs.bench_chaos")),
     ("fleet", "false positives and recall on devices the model never saw",
      FleetBenchOptions, _job("jobs.bench_fleet")),
     ("sources", "SNMP agent polls per second one collector sustains (starts its own snmpd agents)",

@@ -291,6 +291,34 @@ class PipelineBenchOptions(Options):
 
 
 @dataclass(kw_only=True)
+class ChaosBenchOptions(Options):
+    minutes: float = opt(10.0, "how long the soak runs")
+    devices: int = opt(1000, "simulated devices")
+    clients: int = opt(8, "keep-alive HTTP clients calling /v1/predict and /v1/score")
+    requests_per_s: float = opt(20.0, "the clients' requests per second, together")
+    fault_every_s: float = opt(30.0, "seconds between faults (each kind in turn, seeded order)")
+    store_outage_s: float = opt(10.0, "how long the store is held locked by another process")
+    seed: int = opt(0, "the fault schedule's seed")
+    json: bool = opt(False, "print one JSON object")
+
+    def __post_init__(self) -> None:
+        _positive("--minutes", self.minutes)
+        _at_least("--devices", self.devices, 1)
+        _at_least("--clients", self.clients, 1)
+        _positive("--requests-per-s", self.requests_per_s)
+        _positive("--fault-every-s", self.fault_every_s)
+        _positive("--store-outage-s", self.store_outage_s)
+        if self.store_outage_s >= self.fault_every_s:
+            raise ConfigError(f"--store-outage-s ({self.store_outage_s:g}) must be shorter than "
+                              f"--fault-every-s ({self.fault_every_s:g})", "store_outage_s",
+                              self.store_outage_s)
+        if self.minutes * 60 < 2 * self.fault_every_s:
+            raise ConfigError(f"--minutes {self.minutes:g} leaves room for no fault every "
+                              f"{self.fault_every_s:g} s: run at least "
+                              f"{2 * self.fault_every_s / 60:g} minutes", "minutes", self.minutes)
+
+
+@dataclass(kw_only=True)
 class ServeBenchOptions(Options):
     clients: int = opt(16, "concurrent HTTP clients")
     seconds: float = opt(15.0, "per target")
