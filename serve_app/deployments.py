@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -52,6 +53,8 @@ from serve_app.local import StoreViews
 log = logging.getLogger(__name__)
 APP_NAME = "eyenet"
 MONITOR_LOOKUP_S = 10.0  # how often a replica without a monitor looks for one
+# A call whose replica is lost is asked of another this many times more (see _answer)
+LOST_REPLICA_RETRIES = 1
 METRICS_TIMEOUT_S = 2.0  # each part's answer to a scrape (Prometheus' default timeout is 10 s)
 
 
@@ -245,22 +248,23 @@ class IngressBackend(StoreViews):
         self._monitor_handle: Any = None
 
     async def predict(self, device_id: str) -> dict[str, Any]:
-        return _accepted(await _answer(self.detector.predict.remote(device_id)))
+        return _accepted(await _answer(lambda: self.detector.predict.remote(device_id)))
 
     async def devices(self) -> list[dict[str, Any]]:
         ids = [d.device_id for d in self.store.list_devices()]
-        return self.device_rows(await _answer(self.detector.device_states.remote(ids)))
+        return self.device_rows(await _answer(lambda: self.detector.device_states.remote(ids)))
 
     async def score(self, request: ScoreRequest) -> list[dict[str, Any]]:
         if self.checker is None:
             await self._describe()
-        result = await _answer(self.detector.score.remote(self.checker.check(request)))
+        checked = self.checker.check(request)
+        result = await _answer(lambda: self.detector.score.remote(checked))
         if isinstance(result, dict):  # refused: the model changed; check against the new one next
             await self._describe()
         return _accepted(result)
 
     async def _describe(self) -> None:
-        model = await _answer(self.detector.describe.remote())
+        model = await _answer(lambda: self.detector.describe.remote())
         self.checker = WindowChecker(model["metrics"], model["min_rows"], self.config.sample_interval_s)
 
     async def gather_live(self, snapshot: MetricsSnapshot) -> None:
@@ -312,18 +316,27 @@ class IngressBackend(StoreViews):
                 snapshot.collectors[label] = answer
 
 
-async def _answer(response: Any) -> Any:
-    """A detector replica's answer; a replica lost while answering (killed, its node gone,
-    or shedding load) is a ServiceUnavailableError, which the API answers 503 with
-    Retry-After: the next request goes to a live replica or waits for the replacement."""
+async def _answer(call: Callable[[], Any]) -> Any:
+    """A detector replica's answer to ``call()`` (a handle call; every one is a read, so it
+    may be made twice). A replica lost while answering (killed, its node gone) is asked of
+    another once more: the handle's router only learns of the loss from the failed call,
+    so a request sent just after a kill would otherwise fail too (the chaos soak: a 503
+    started 0.4 s after its replica was killed). A second loss, or a replica shedding load,
+    is a ServiceUnavailableError, which the API answers 503 with Retry-After."""
     from ray import exceptions as ray_errors
     from ray.serve.exceptions import BackPressureError
 
-    try:
-        return await response
-    except (ray_errors.RayActorError, ray_errors.ActorUnavailableError, BackPressureError) as exc:
-        raise ServiceUnavailableError(f"the detector replica was lost while answering "
-                                      f"({type(exc).__name__}); retry", retry_after_s=1) from None
+    for attempt in range(1 + LOST_REPLICA_RETRIES):
+        try:
+            return await call()
+        except (ray_errors.RayActorError, ray_errors.ActorUnavailableError) as exc:
+            if attempt == LOST_REPLICA_RETRIES:
+                raise ServiceUnavailableError(f"the detector replica was lost while answering "
+                                              f"({type(exc).__name__}); retry", retry_after_s=1) from None
+            log.info("a detector replica was lost while answering (%s); asking another", type(exc).__name__)
+        except BackPressureError:
+            raise ServiceUnavailableError("the detector replicas are at capacity; retry",
+                                          retry_after_s=1) from None
 
 
 def _accepted(result: Any) -> Any:

@@ -49,3 +49,33 @@ def test_a_fault_inside_the_replica_is_not_taken_for_a_lost_one(tmp_path):
     backend = IngressBackend(make_config(tmp_path), LostReplica(ValueError("bug")))
     with pytest.raises(ValueError, match="bug"):
         asyncio.run(backend.predict("r1"))
+
+
+class _FailsOnce:
+    """A handle method whose first call lands on a replica that was just killed; the next
+    call goes to a live replica."""
+
+    def __init__(self, error: Exception, answer: dict) -> None:
+        self.error, self.answer, self.calls = error, answer, 0
+
+    def remote(self, *_args, **_kwargs):
+        self.calls += 1
+        first = self.calls == 1
+
+        async def call():
+            if first:
+                raise self.error
+            return self.answer
+        return call()
+
+
+def test_a_request_whose_replica_was_just_lost_is_answered_by_another(tmp_path):
+    """Regression: the handle's router learns of a killed replica only from a failed call,
+    so a request sent just after the kill failed (the chaos soak: one 503, started 0.4 s
+    after the kill). The ingress asks another replica once; only a second loss is a 503."""
+    answer = {"device_id": "r1", "is_anomaly": False}
+    handle = LostReplica(ray_errors.ActorDiedError())
+    handle.predict = _FailsOnce(ray_errors.ActorDiedError(), answer)
+    backend = IngressBackend(make_config(tmp_path), handle)
+    assert asyncio.run(backend.predict("r1")) == answer
+    assert handle.predict.calls == 2
