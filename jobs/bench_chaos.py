@@ -25,18 +25,14 @@ In one run, on a fresh store in a temporary directory:
 
 from __future__ import annotations
 
-import asyncio
 import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from eyenet.config import EyeNetConfig
 from eyenet.errors import PipelineError
@@ -45,6 +41,7 @@ from eyenet.sources.simulator import SimulatedSource
 from eyenet.store import open_store
 from eyenet.telemetry.validation import TelemetryValidator
 from jobs.bench_pipeline import SEED, _generated_vs_stored, _train_and_promote, _wait_caught_up, training_plan
+from jobs.chaos_load import HttpLoad, http_figures
 from jobs.demo_scoring import score_demo, span_of_event, truths_from
 from jobs.options import ChaosBenchOptions, job_main, print_result
 
@@ -53,7 +50,6 @@ INCIDENT_KINDS = ("ddos_burst", "latency_spike", "link_down")
 INCIDENT_S = 30            # each incident lasts this long; they start one per fault period
 RECOVERY_TIMEOUT_S = 120.0
 DETECTOR_REPLICAS = 2
-REQUEST_TIMEOUT_S = 30.0
 LOCK_SCRIPT = ("import sqlite3, sys, time\n"
                "db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n"
                "db.execute('BEGIN EXCLUSIVE')\n"
@@ -69,73 +65,6 @@ class Fault:
     at_s: float                              # since the soak started
     outage_s: float = 0.0                    # the store's: how long it was held locked
     recovered_after_s: float | None = None   # from the kill, or from the store's release
-
-
-@dataclass
-class Request:
-    path: str
-    started_s: float
-    ended_s: float
-    status: int   # 0: no answer (connection refused or reset, timeout)
-    detail: str = ""   # what a failed request was answered (its start), or the client's error
-
-
-@dataclass
-class HttpLoad:
-    """``clients`` keep-alive clients on their own event loop (a thread of this driver),
-    together sending ``rate`` requests/s, alternating ``/v1/predict`` and ``/v1/score``."""
-
-    url: str
-    devices: list[str]
-    score_body: dict[str, Any]
-    clients: int
-    rate: float
-    requests: list[Request] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="chaos-load",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(REQUEST_TIMEOUT_S + 10)
-
-    async def _run(self) -> None:
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.clients),
-                                         timeout=timeout) as session:
-            await asyncio.gather(*(self._client(session, i) for i in range(self.clients)))
-
-    async def _client(self, session: Any, index: int) -> None:
-        import aiohttp
-
-        period_s = self.clients / self.rate
-        rng = random.Random(index)
-        next_s = time.monotonic() + rng.random() * period_s
-        calls = 0
-        while not self._stop.is_set():
-            await asyncio.sleep(max(0.0, next_s - time.monotonic()))
-            next_s += period_s
-            calls += 1
-            if calls % 2:
-                path, body = "/v1/predict", {"device_id": rng.choice(self.devices)}
-            else:
-                path, body = "/v1/score", self.score_body
-            started, detail = time.time(), ""
-            try:
-                async with session.post(self.url + path, json=body) as response:
-                    text = await response.text()
-                    status = response.status
-                    detail = "" if status == 200 else text[:200]
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                status, detail = 0, f"{type(exc).__name__}: {exc}"[:200]
-            self.requests.append(Request(path, started, time.time(), status, detail))
 
 
 def _wait(what: str, check: Any, timeout_s: float = RECOVERY_TIMEOUT_S) -> float | None:
@@ -283,24 +212,6 @@ def _score_body(config: EyeNetConfig, device: str) -> dict[str, Any]:
                          "values": frame[config.metrics].to_numpy().tolist()}]}
 
 
-def _http_figures(requests: list[Request], faults: list[Fault], soak_started_s: float) -> dict[str, Any]:
-    """Requests by status; a failure is excused only when it was in flight as a replica was
-    killed (it started before the kill and ended after it)."""
-    kills = [soak_started_s + f.at_s for f in faults if f.kind == "serve_replica"]
-    failed = [r for r in requests if r.status != 200]
-    in_flight = [r for r in failed if any(r.started_s <= k <= r.ended_s + 0.5 for k in kills)]
-    other = [r for r in failed if r not in in_flight]
-    ms = np.array([r.ended_s - r.started_s for r in requests if r.status == 200]) * 1000
-    by_status: dict[str, int] = {}
-    for r in failed:
-        by_status[str(r.status)] = by_status.get(str(r.status), 0) + 1
-    return {"http_requests": len(requests), "http_failed": len(failed), "http_failed_by_status": by_status,
-            "http_failed_in_flight_on_killed_replica": len(in_flight), "http_failed_otherwise": len(other),
-            "http_failed_otherwise_examples": [asdict(r) for r in other[:5]],
-            "http_p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
-            "http_p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None}
-
-
 def _alerting_without_the_model(config: EyeNetConfig, store: Any, devices: list[str]) -> list[str]:
     """Of quiet ``devices`` that alerted, those the production model does not flag when it
     scores their stored telemetry offline (``anomaly_min_points`` points or more): alerts the
@@ -398,7 +309,7 @@ def run_chaos(config: EyeNetConfig, minutes: float = 10.0, devices: int = 1000, 
         "false_alerts": detection["false_alerts"],
         "quiet_devices_alerting": detection["quiet_devices_alerting"],
         "quiet_devices_alerting_not_flagged_offline": unexplained,
-        **_http_figures(load.requests, chaos.faults, soak_started), "store": config.store_uri,
+        **http_figures(load.requests, chaos.faults, soak_started), "store": config.store_uri,
     }
 
 

@@ -118,6 +118,8 @@ class AlertManager:
         # When each open alert was last written, and which hold changes not yet written.
         self._saved_at: dict[tuple[str, str], float] = {}
         self._unsaved: set[tuple[str, str]] = set()
+        # resolutions (and retirements) a store outage kept out of the store, by event id
+        self._unwritten: dict[str, Event] = {}
         self.counts = {"opened": 0, "repeats": 0, "resolved": 0, "suppressed": 0,
                        "sink_errors": 0, "store_errors": 0}
 
@@ -219,14 +221,22 @@ class AlertManager:
         return len(self._open)
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counts, "open": len(self._open), "cooling_down": len(self._resolved_at)}
+        return {**self.counts, "open": len(self._open), "cooling_down": len(self._resolved_at),
+                "unwritten": len(self._unwritten) + len(self._unsaved)}
 
     def flush(self) -> int:
-        """Write the open alerts whose repeats the throttle has held back; returns how many."""
+        """Write the open alerts whose repeats the throttle (or a failed write) held back and
+        the resolutions a failed write kept out of the store; returns how many were tried.
+        The monitor calls it at every check, so an outage's alerts reach the store within a
+        check of its end (a monitor that died first would lose them)."""
         keys = [k for k in self._unsaved if k in self._open]
         for key in keys:
             self._save_open(key, self._open[key], self.now_s())
-        return len(keys)
+        pending = list(self._unwritten.values())
+        for event in pending:
+            if self._save(event):
+                self._unwritten.pop(event.event_id, None)
+        return len(keys) + len(pending)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Write held-back repeats, then close every sink (the webhook drains its queue for up
@@ -261,13 +271,17 @@ class AlertManager:
 
     def _save(self, event: Event) -> bool:
         # A store outage must not stop alerting: the in-memory state stays right, the sinks
-        # are still told, and the next change of this alert writes it again.
+        # are still told, and the write is tried again (the next change of an open alert, or
+        # flush() for one no longer open).
         try:
             self.store.upsert_event(event)
         except EyeNetError as exc:
             self.counts["store_errors"] += 1
             log.warning("could not save alert %s: %s", event.event_id, exc)
+            if event.status != "open":
+                self._unwritten[event.event_id] = _copy(event)
             return False
+        self._unwritten.pop(event.event_id, None)
         return True
 
     def _save_open(self, key: tuple[str, str], event: Event, now: float) -> None:

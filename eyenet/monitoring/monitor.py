@@ -204,6 +204,7 @@ class Monitor:
                                "critical", metrics, float(len(points)), float(a.anomaly_min_points),
                                device_id=device_id)
             self._clear_others(events, "device_anomaly", firing)
+            self.alerts.flush()   # what a store outage kept out of the store, now it may be back
             return events
 
     # -- views ----------------------------------------------------------------------------

@@ -354,3 +354,29 @@ def test_build_sinks_follows_the_config(receiver_factory) -> None:
     with pytest.raises(ConfigError, match="http") as info:
         WebhookSink("ftp://u:pw@host/x")
     assert info.value.field == "alerts.webhook_url" and "pw" not in str(info.value)
+
+
+def test_an_alert_opened_and_resolved_during_a_store_outage_reaches_the_store_after_it(store) -> None:
+    """Regression: a resolution whose write failed was dropped, so an alert that opened and
+    resolved while the store was locked never reached it (the chaos soak: one incident of
+    18 with an event and no alert). It is kept and written by the next flush, which the
+    monitor runs at every check."""
+    class Outage:
+        down = True
+
+        def upsert_event(self, event: Event) -> str:
+            if self.down:
+                raise StoreError("database is locked")
+            return store.upsert_event(event)
+
+    outage, clock = Outage(), Clock(T0)
+    manager = AlertManager(outage, _config(resolve_after_s=60.0), [ListSink()], clock)
+    opened = _fire_latency(manager)
+    clock.t += 61
+    assert manager.clear("latency", "fleet").status == "resolved"
+    assert manager.stats()["unwritten"] == 1
+    outage.down = False
+    manager.flush()
+    [stored] = store.list_events(kind="latency")
+    assert stored.event_id == opened.event_id and stored.status == "resolved"
+    assert manager.stats()["unwritten"] == 0
