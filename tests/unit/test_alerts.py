@@ -358,9 +358,8 @@ def test_build_sinks_follows_the_config(receiver_factory) -> None:
 
 def test_an_alert_opened_and_resolved_during_a_store_outage_reaches_the_store_after_it(store) -> None:
     """Regression: a resolution whose write failed was dropped, so an alert that opened and
-    resolved while the store was locked never reached it (the chaos soak: one incident of
-    18 with an event and no alert). It is kept and written by the next flush, which the
-    monitor runs at every check."""
+    resolved while the store was locked (the chaos soak holds it 10 s) never reached it.
+    It is kept and written by the next flush, which the monitor runs at every check."""
     class Outage:
         down = True
 
