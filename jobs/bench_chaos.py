@@ -228,7 +228,10 @@ def _alerting_without_the_model(config: EyeNetConfig, store: Any, devices: list[
 
 def run_chaos(config: EyeNetConfig, minutes: float = 10.0, devices: int = 1000, clients: int = 8,
               requests_per_s: float = 20.0, fault_every_s: float = 30.0, store_outage_s: float = 10.0,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, faults: int | None = None) -> dict[str, Any]:
+    """The soak (see the module); ``faults``: exactly that many, the soak lasting until the
+    last has recovered if that takes longer than ``minutes`` (a slow recovery delays the
+    next fault, so a time-boxed schedule may make fewer than it could)."""
     import ray
     from ray import serve
 
@@ -264,7 +267,12 @@ def run_chaos(config: EyeNetConfig, minutes: float = 10.0, devices: int = 1000, 
         caught_up = _wait_caught_up(pipeline, int(origin_s * 1000))
         load.start()
         soak_started = time.time()
-        while time.time() - soak_started + fault_every_s < seconds:
+        def more() -> bool:
+            if faults is not None:
+                return len(chaos.faults) < faults
+            return time.time() - soak_started + fault_every_s < seconds
+
+        while more():
             time.sleep(max(0.0, soak_started + (len(chaos.faults) + 1) * fault_every_s - time.time()))
             chaos.make(chaos.next_kind(), round(time.time() - soak_started, 1))
         time.sleep(max(0.0, soak_started + seconds - time.time()))
@@ -316,7 +324,7 @@ def run_chaos(config: EyeNetConfig, minutes: float = 10.0, devices: int = 1000, 
 def main(config: EyeNetConfig, options: ChaosBenchOptions) -> int:
     result = run_chaos(config, minutes=options.minutes, devices=options.devices, clients=options.clients,
                        requests_per_s=options.requests_per_s, fault_every_s=options.fault_every_s,
-                       store_outage_s=options.store_outage_s, seed=options.seed)
+                       store_outage_s=options.store_outage_s, seed=options.seed, faults=options.faults)
     print_result(result, options.json)
     return 0
 

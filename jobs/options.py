@@ -299,10 +299,13 @@ class ChaosBenchOptions(Options):
     fault_every_s: float = opt(30.0, "seconds between faults (each kind in turn, seeded order)")
     store_outage_s: float = opt(10.0, "how long the store is held locked by another process")
     seed: int = opt(0, "the fault schedule's seed")
+    faults: int | None = opt(None, "make exactly this many faults (default: one every --fault-every-s "
+                                   "while --minutes last)", type=int)
     json: bool = opt(False, "print one JSON object")
 
     def __post_init__(self) -> None:
         _positive("--minutes", self.minutes)
+        _positive("--faults", self.faults)
         _at_least("--devices", self.devices, 1)
         _at_least("--clients", self.clients, 1)
         _positive("--requests-per-s", self.requests_per_s)
