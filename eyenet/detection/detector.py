@@ -222,11 +222,11 @@ class Detector:
             self.calibrator = Calibrator(0.0, 1.0)
             self.rule = DecisionRule(devices=dict(cfg.device_thresholds))
         else:
-            # the typical normal error each feature's profile starts from (scoring.smoothed_errors)
-            self.error_prior = None
-            contrib = self.raw_scores(val, val_scaled, val.segments)[1][normal]
-            self.error_prior = np.nanmedian(contrib, axis=0)
-            raw = self.raw_scores(val, val_scaled, val.segments)[0][normal]
+            # the typical normal error each feature's profile starts from (scoring.smoothed_errors),
+            # from the same forward pass as the scores the threshold is fitted on
+            errors = self.raw_scores(val, val_scaled, val.segments, smooth=False)[1]
+            self.error_prior = np.nanmedian(self.profile(errors, val.segments, None)[1][normal], axis=0)
+            raw = self.profile(errors, val.segments, self.error_prior)[0][normal]
             tail = {"risk": cfg.threshold_risk, "init_quantile": cfg.threshold_init_quantile}
             self.calibrator = Calibrator.fit(raw, **tail)
             self.rule = DecisionRule.fit(raw, val.device_ids[normal], self.calibrator, **tail,
@@ -342,9 +342,11 @@ class Detector:
                           self.config.top_k_features, regime_changes or [], learning)
 
     def raw_scores(self, feats: FeatureFrame, scaled: np.ndarray, segments: np.ndarray,
-                    model: ErrorModel | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   model: ErrorModel | None = None,
+                   smooth: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(raw score, per-feature contribution, scored mask) for every row, by ``model``
-        (default: the detector's own)."""
+        (default: the detector's own). ``smooth=False``: the contributions before the error
+        profile (raw left missing), for :meth:`profile` with a prior fitted on them."""
         model = model or self.model
         window = self.config.window_steps
         targets = window_targets(segments, window)
@@ -359,11 +361,16 @@ class Detector:
         contrib[targets] = point_contrib
         if model.outputs_probability:
             raw[targets] = point_raw
-        else:
-            prior = self.error_prior if model is self.model else None
-            contrib = smoothed_errors(contrib, segments, self.config.smoothing, prior)
-            raw = contrib.sum(axis=1)
+        elif smooth:
+            raw, contrib = self.profile(contrib, segments, self.error_prior if model is self.model else None)
         return raw, contrib, scored
+
+    def profile(self, errors: np.ndarray, segments: np.ndarray,
+                prior: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(raw score, smoothed contributions) of unsmoothed per-feature ``errors``: the error
+        profile started from ``prior`` (see eyenet.detection.scoring.smoothed_errors)."""
+        contrib = smoothed_errors(errors, segments, self.config.smoothing, prior)
+        return contrib.sum(axis=1), contrib
 
     @property
     def smoothed(self) -> bool:

@@ -59,8 +59,8 @@ FLEET_SAMPLE_ROWS = 100_000
 # outweigh the others in a fleet-wide quantile.
 CALIBRATION_ROWS_PER_DEVICE = 5_000
 # Devices whose held-out errors give the error prior (a median per feature): a median of
-# 50 devices' few thousand rows each is settled, and each is read twice. With as many
-# devices or fewer it is exactly what finish() fits.
+# 50 devices' few thousand rows each is settled, and their errors are what the driver holds
+# until it is known. With as many devices or fewer it is exactly what finish() fits.
 PRIOR_DEVICES = 50
 
 
@@ -335,7 +335,7 @@ def calibrate_by_device(detector: Detector, result: FitResult, splits: list[Devi
     """:meth:`Detector.finish` for the LSTM, device by device: each device's held-out tail
     (rows from ``cut_ms``, features built on its whole history as ``prepare`` builds them)
     is scored, and the first ``rows_per_device`` of it feed the error prior (from the first
-    ``PRIOR_DEVICES`` devices, read once more), the threshold and the decision rule."""
+    ``PRIOR_DEVICES`` devices), the threshold and the decision rule."""
     cfg = detector.config
     if cfg.kind != "lstm":
         raise TelemetryError(f"calibration device by device scores the LSTM alone; kind {cfg.kind!r} "
@@ -349,16 +349,28 @@ def calibrate_by_device(detector: Detector, result: FitResult, splits: list[Devi
         val = feats.select(np.flatnonzero(feats.timestamps_ms >= split.cut_ms)[:rows_per_device])
         return val, *detector.held_out_normal(val)
 
-    if detector.smoothed:
-        contrib = [detector.raw_scores(val, scaled, val.segments)[1][normal]
-                   for val, scaled, normal in map(held_out, held[:PRIOR_DEVICES])]
-        detector.error_prior = np.nanmedian(np.concatenate(contrib), axis=0) if contrib else None
     kept: list[np.ndarray] = []
     devices: list[np.ndarray] = []
-    for val, scaled, normal in map(held_out, held):
+
+    def keep(raw: np.ndarray, val: Any, normal: np.ndarray) -> None:
         if normal.any():
-            kept.append(detector.raw_scores(val, scaled, val.segments)[0][normal])
+            kept.append(raw[normal])
             devices.append(val.device_ids[normal])
+
+    rest = held
+    if detector.smoothed:
+        # the first devices' unsmoothed errors give the prior, then their scores: one pass each
+        first = [(val, normal, detector.raw_scores(val, scaled, val.segments, smooth=False)[1])
+                 for val, scaled, normal in map(held_out, held[:PRIOR_DEVICES])]
+        if first:
+            detector.error_prior = np.nanmedian(np.concatenate(
+                [detector.profile(errors, val.segments, None)[1][normal] for val, normal, errors in first]),
+                axis=0)
+        for val, normal, errors in first:
+            keep(detector.profile(errors, val.segments, detector.error_prior)[0], val, normal)
+        rest = held[PRIOR_DEVICES:]
+    for val, scaled, normal in map(held_out, rest):
+        keep(detector.raw_scores(val, scaled, val.segments)[0], val, normal)
     if not kept:
         raise TelemetryError("every held-out window touches a labelled incident; nothing "
                              "normal is left to calibrate the threshold on")

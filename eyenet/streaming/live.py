@@ -144,12 +144,13 @@ class LiveScorer:
         they are; scoring goes on."""
         if samples.empty:
             return
-        ts_ms = to_ms(parse_timestamps(samples[TIMESTAMP])).to_numpy()
-        first_ms = pd.Series(ts_ms).groupby(samples[DEVICE].astype(str).to_numpy()).min()
-        new = set(first_ms.index) - self._met
+        devices = samples[DEVICE].astype(str).to_numpy()
+        new = set(np.unique(devices).tolist()) - self._met   # every batch: keep it cheap
         if not new:
             return
         self._met.update(new)
+        ts_ms = to_ms(parse_timestamps(samples[TIMESTAMP])).to_numpy()
+        first_ms = pd.Series(ts_ms).groupby(devices).min()
         try:
             left = [e for e in self.store.list_events(kind="anomaly", status="open", limit=100_000)
                     if e.device_id in new]
