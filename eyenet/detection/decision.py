@@ -18,9 +18,13 @@ live phase. So each device is taken as the fleet's shape at its own place and si
 median and interquartile range, which a few hundred points do pin down, place it; the tail is
 fitted once on every device's scores in those units (thousands of points). A lone series (an
 SMD machine, a NAB series) gets back exactly its own tail, so its rule is unchanged. The rule
-only ever raises a threshold, and only for a device the fleet's threshold flags on more than
-twice the risk of its held-out points; a device it suits keeps it. Operators'
-``detector.device_thresholds`` override both.
+only ever raises a threshold, and only for a loud device: one with more than twice its share
+of held-out scores above the fleet's 95th percentile. A tail as far out as the risk cannot
+tell loud from alike on a few hundred points (at a 0.1 % risk, a device of a demo fleet whose
+scores sat just under the threshold all the time had no held-out point above it and kept it,
+then alarmed on 2.5 % of its quiet live points); the 95th percentile holds about 5 % of an
+alike device's points, enough to count. A device it suits keeps the fleet's threshold.
+Operators' ``detector.device_thresholds`` override both.
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ MIN_DEVICE_POINTS = 100
 # A device's threshold must exceed the fleet's by this much to be kept (a device whose tail
 # matches the fleet's reads back as 0.5 give or take rounding).
 MIN_RAISE = 1e-3
-# A device gets its own threshold only when the fleet's flags more than this many times the
-# risk of its held-out scores: devices alike up to sampling noise keep one threshold (a
-# median or spread a little above the fleet's is noise, not a louder link).
+# A device gets its own threshold only when more than LOUD_FACTOR times its share of held-out
+# scores lie above the fleet's LOUD_QUANTILE: devices alike up to sampling noise keep one
+# threshold (a median or spread a little above the fleet's is noise, not a louder link).
+LOUD_QUANTILE = 0.95
 LOUD_FACTOR = 2.0
 
 
@@ -74,12 +79,13 @@ class DecisionRule:
         """The rule for held-out normal ``raw`` scores of ``device_ids``: each device with
         ``MIN_DEVICE_POINTS`` scores is placed by its median and interquartile range, the
         peaks-over-threshold tail at ``risk`` is fitted on all of them in those units, and a
-        device the fleet's threshold flags too often (``LOUD_FACTOR``) whose threshold so
-        read (calibrated) lies above the fleet's keeps it;
+        loud device (more than ``LOUD_FACTOR`` times its share of scores above the fleet's
+        ``LOUD_QUANTILE``) whose threshold so read (calibrated) lies above the fleet's keeps it;
         ``overrides`` (operators' thresholds) win over both."""
         raw, device_ids = np.asarray(raw, np.float64), np.asarray(device_ids).astype(str)
         finite = np.isfinite(raw)
         raw, device_ids = raw[finite], device_ids[finite]
+        loud_above = float(np.quantile(raw, LOUD_QUANTILE)) if len(raw) else np.inf
         order = np.argsort(device_ids, kind="stable")
         names, starts = np.unique(device_ids[order], return_index=True)
         places: dict[str, tuple[float, float]] = {}
@@ -88,7 +94,7 @@ class DecisionRule:
             own = raw[rows]
             if len(own) < MIN_DEVICE_POINTS:
                 continue
-            loud = float((own > calibrator.threshold).mean()) > LOUD_FACTOR * risk
+            loud = float((own > loud_above).mean()) > LOUD_FACTOR * (1.0 - LOUD_QUANTILE)
             q25, median, q75 = np.quantile(own, [0.25, 0.5, 0.75])
             if q75 > q25:  # a flat device has no spread to scale the fleet's tail by
                 standardised.append((own - median) / (q75 - q25))

@@ -146,8 +146,9 @@ class Detector:
 
     # -- training ---------------------------------------------------------------------------
     def prepare(self, frame: pd.DataFrame) -> TrainingData:
-        cfg, window = self.config, self.config.window_steps
         feats = self.features(frame)
+        self.config = self.config.for_history(median_span_s(feats.device_ids, feats.timestamps_ms))
+        cfg, window = self.config, self.config.window_steps
         self.feature_names = feats.names
         val_rows = held_out_tail(feats.device_ids, cfg.validation_fraction)
         fit_rows = ~feats.flagged
@@ -205,10 +206,11 @@ class Detector:
             raise TelemetryError("every held-out window touches a labelled incident; nothing "
                                  "normal is left to calibrate the threshold on")
 
+        risk = cfg.point_risk(self.sample_interval_s)
+
         def calibrated(model: ErrorModel) -> Calibrator:
             raw = self.raw_scores(val, val_scaled, val.segments, model)[0]
-            return Calibrator.fit(raw[normal], risk=cfg.threshold_risk,
-                                  init_quantile=cfg.threshold_init_quantile)
+            return Calibrator.fit(raw[normal], risk=risk, init_quantile=cfg.threshold_init_quantile)
 
         if cfg.kind == "ensemble":
             members = [self._member(kind, result, data) for kind in cfg.ensemble_members]
@@ -227,13 +229,13 @@ class Detector:
             errors = self.raw_scores(val, val_scaled, val.segments, smooth=False)[1]
             self.error_prior = np.nanmedian(self.profile(errors, val.segments, None)[1][normal], axis=0)
             raw = self.profile(errors, val.segments, self.error_prior)[0][normal]
-            tail = {"risk": cfg.threshold_risk, "init_quantile": cfg.threshold_init_quantile}
+            tail = {"risk": risk, "init_quantile": cfg.threshold_init_quantile}
             self.calibrator = Calibrator.fit(raw, **tail)
             self.rule = DecisionRule.fit(raw, val.device_ids[normal], self.calibrator, **tail,
                                          overrides=cfg.device_thresholds)
         self.training = {"kind": cfg.kind, "train_windows": len(data.train_targets),
                          "val_windows": len(data.val_targets),
-                         "excluded_flagged_rows": int(data.features.flagged.sum())}
+                         "excluded_flagged_rows": int(data.features.flagged.sum()), "threshold_risk": risk}
         if result is not None:
             self.training.update({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                                   "epochs": len(result.history), "train_seconds": result.train_seconds})
@@ -434,7 +436,9 @@ class Detector:
             raise ArtifactError(f"{path / META_FILE} has format_version {meta.get('format_version')}, "
                                 f"this EyeNet reads {', '.join(map(str, READABLE_FORMATS))}")
         try:
-            det = cls(DetectorConfig.model_validate(meta["config"]), meta["metrics"], meta["gap_s"])
+            # models saved before forecasts were made from the window's mean forecast levels
+            config = {"forecast_from_window_mean": False, **meta["config"]}
+            det = cls(DetectorConfig.model_validate(config), meta["metrics"], meta["gap_s"])
             det.feature_names = meta["feature_names"]
             det.scaling = DeviceScaler.from_dict(meta["scaling"]) if "scaling" in meta else \
                 DeviceScaler(Scaler.from_dict(meta["scaler"]), {}, np.zeros(len(det.feature_names), bool))
@@ -453,6 +457,14 @@ class Detector:
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"detector in {path} is inconsistent: {type(exc).__name__}: {exc}") from exc
         return det
+
+
+def median_span_s(device_ids: np.ndarray, timestamps_ms: np.ndarray) -> float:
+    """The median over devices of the time from a device's first row to its last, in s."""
+    if len(device_ids) == 0:
+        return 0.0
+    spans = pd.Series(np.asarray(timestamps_ms, np.int64)).groupby(np.asarray(device_ids)).agg(["min", "max"])
+    return float(np.median(spans["max"] - spans["min"])) / 1000.0
 
 
 def _keys(frame: pd.DataFrame) -> pd.MultiIndex:

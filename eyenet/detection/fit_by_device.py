@@ -307,6 +307,8 @@ class DeviceFit:
         det.sample_interval_s = _median_of_counts(self._spacing_ms) / 1000.0 if self._spacing_ms \
             else det.gap_s
         det.reference = reference
+        spans_s = [(s.end_ms - s.first_ms) / 1000.0 for s in self.splits]
+        det.config = cfg = cfg.for_history(float(np.median(spans_s)) if spans_s else 0.0)
         train_w = sum(s.train_windows for s in self.splits)
         val_w = sum(s.val_windows for s in self.splits)
         if train_w == 0 or val_w == 0:
@@ -374,18 +376,20 @@ def calibrate_by_device(detector: Detector, result: FitResult, splits: list[Devi
     if not kept:
         raise TelemetryError("every held-out window touches a labelled incident; nothing "
                              "normal is left to calibrate the threshold on")
+    risk = cfg.point_risk(detector.sample_interval_s)
     if detector.model.outputs_probability:
         detector.calibrator = Calibrator(0.0, 1.0)
         detector.rule = DecisionRule(devices=dict(cfg.device_thresholds))
     else:
         raw, ids = np.concatenate(kept), np.concatenate(devices)
-        tail = {"risk": cfg.threshold_risk, "init_quantile": cfg.threshold_init_quantile}
+        tail = {"risk": risk, "init_quantile": cfg.threshold_init_quantile}
         detector.calibrator = Calibrator.fit(raw, **tail)
         detector.rule = DecisionRule.fit(raw, ids, detector.calibrator, **tail,
                                          overrides=cfg.device_thresholds)
     detector.training = {"kind": cfg.kind, "train_windows": sum(s.train_windows for s in splits),
                          "val_windows": sum(s.val_windows for s in splits),
                          "excluded_flagged_rows": int(flagged_rows),
+                         "threshold_risk": risk,
                          "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                          "epochs": len(result.history), "train_seconds": result.train_seconds}
     return detector

@@ -31,7 +31,7 @@ def seed_everything(seed: int) -> None:
 
 def build_net(config: DetectorConfig, n_features: int) -> LSTMDetectorNet:
     return LSTMDetectorNet(n_features, config.hidden_size, config.num_layers, config.dropout,
-                           config.objective)
+                           config.objective, bool(config.forecast_from_window_mean))
 
 
 def train_epoch(net: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,

@@ -361,13 +361,13 @@ def test_a_devices_own_threshold_decides_its_served_predictions(tmp_path, detect
     judged at the fleet's 0.5: a loud demo device with its own 0.60 was flagged by
     /v1/predict on its normal noise and the monitor opened a device alert for it."""
     loud = copy.deepcopy(detector)
-    loud.rule.devices = {"r1": 0.999, "w1": 0.001}
+    loud.rule.devices = {"r1": 0.999, "r2": 0.001}
     cfg, store, mv, _ = promoted_store(tmp_path, loud)
     backend = LocalBackend(cfg, store, InferenceService(loud, mv.version, cfg.sample_interval_s, store))
     http = client(backend)
     predicted = http.post("/v1/predict", json={"device_id": "r1"}).json()
     assert predicted["threshold"] == 0.999 and not predicted["is_anomaly"]
-    frame = telemetry(40, start_s=9000, seed=1, devices=("w1",))
-    scored = http.post("/v1/score", json={"windows": [window_body(frame)]}).json()[0]
-    assert scored["threshold"] == 0.001
-    assert scored["is_anomaly"] == (scored["anomaly_score"] > 0.001)
+    frame = telemetry(40, start_s=9000, seed=1, devices=("r2",))
+    scored = http.post("/v1/score", json={"windows": [window_body(frame, "r2")]}).json()[0]
+    assert scored["threshold"] == 0.001 and scored["state"] == "judged"
+    assert scored["anomaly_score"] > 0.001 and scored["is_anomaly"]

@@ -132,3 +132,27 @@ def test_detector_settings_are_validated_with_the_field_named():
                            "EYENET_DETECTOR__MAX_TRAIN_TIME_S": "none"})
     assert cfg.detector.device_thresholds == {"r1": 0.8} and cfg.detector.max_train_time_s is None
     assert cfg.detector.smoothing == cfg.detector.window_steps
+
+
+def test_the_false_alarm_budget_caps_the_point_risk_by_the_sampling_rate():
+    """One false alarm a day: a device sampled every second is held to 30 / 86400 of its
+    points (span 30), ten-second samples to ten times that, minute samples keep the 1 %."""
+    detector = EyeNetConfig().detector
+    assert detector.false_alarms_per_day == 1.0 and detector.smoothing == 30
+    assert detector.point_risk(1.0) == pytest.approx(30 / 86400)
+    assert detector.point_risk(10.0) == pytest.approx(300 / 86400)
+    assert detector.point_risk(60.0) == detector.threshold_risk == 0.01
+    assert detector.point_risk(None) == detector.threshold_risk  # no spacing known: the risk as set
+    unbudgeted = load_config(env={"EYENET_DETECTOR__FALSE_ALARMS_PER_DAY": "none"}).detector
+    assert unbudgeted.point_risk(1.0) == unbudgeted.threshold_risk
+    with pytest.raises(ConfigError, match=r"detector\.false_alarms_per_day"):
+        load_config(env={"EYENET_DETECTOR__FALSE_ALARMS_PER_DAY": "0"})
+
+
+def test_an_unset_forecast_level_is_decided_by_the_span_of_the_training_history():
+    detector = EyeNetConfig().detector
+    assert detector.forecast_from_window_mean is None and detector.learn_s == 86400
+    assert detector.for_history(1800).forecast_from_window_mean is True
+    assert detector.for_history(5 * 86400).forecast_from_window_mean is False
+    fixed = load_config(env={"EYENET_DETECTOR__FORECAST_FROM_WINDOW_MEAN": "false"}).detector
+    assert fixed.for_history(1800) is fixed and fixed.forecast_from_window_mean is False

@@ -158,3 +158,23 @@ def test_a_device_shifted_and_spread_unlike_the_fleet_is_placed_by_both():
     rule, calibrator = fitted(values, devices)
     fresh = calibrator(4.0 + 2.5 * rng.exponential(1.0, 50_000))
     assert (fresh > rule.devices["d9"]).mean() == pytest.approx(RISK, abs=0.004)
+
+
+def test_a_loud_device_is_found_when_the_risk_is_too_small_to_count_its_tail():
+    """Regression: loud used to mean "the fleet's threshold flags more than twice the risk of
+    its held-out points". At one sample a second the risk is 3.5e-4, under one point of a
+    device's 360, so a device sitting just under the threshold with none above it was taken
+    as alike and kept the fleet's threshold: fresh normal scores then flagged 12 times the
+    risk on average. Counted above the fleet's 95th percentile, it is found every time."""
+    risk, rates = 30 / 86400, []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        held = {f"d{i:02d}": smoothed_noise(rng, 360) * (2.0 if i == 0 else 1.0) for i in range(20)}
+        values = np.concatenate(list(held.values()))
+        devices = np.concatenate([[d] * len(v) for d, v in held.items()])
+        calibrator = Calibrator.fit(values, risk=risk, init_quantile=INIT_QUANTILE)
+        rule = DecisionRule.fit(values, devices, calibrator, risk=risk, init_quantile=INIT_QUANTILE)
+        assert set(rule.devices) == {"d00"}
+        fresh = calibrator(smoothed_noise(rng, 20_000) * 2.0)
+        rates.append(float((fresh > rule.devices["d00"]).mean()))
+    assert np.mean(rates) < 5 * risk

@@ -64,6 +64,56 @@ def test_build_net_follows_the_config():
     assert net.objective == "classify" and isinstance(net.head[-1], nn.Sigmoid)
 
 
+def test_the_forecaster_forecasts_from_its_windows_mean():
+    """A window moved by a constant per feature is forecast moved by the same constant, so
+    no level is one the network has not seen; the classifier keeps absolute inputs."""
+    torch.manual_seed(0)
+    net = LSTMDetectorNet(3, hidden_size=8, num_layers=1, from_window_mean=True)
+    x, shift = torch.randn(4, 10, 3), torch.tensor([5.0, -3.0, 40.0])
+    torch.testing.assert_close(net(x + shift), net(x) + shift, rtol=0, atol=1e-4)
+    absolute = LSTMDetectorNet(3, hidden_size=8, num_layers=1)
+    assert not torch.allclose(absolute(x + shift), absolute(x) + shift, atol=1e-2)
+    assert not LSTMDetectorNet(3, objective="classify", from_window_mean=True).from_window_mean
+    assert build_net(config(forecast_from_window_mean=True), 3).from_window_mean
+    assert not build_net(config(forecast_from_window_mean=False), 3).from_window_mean
+
+
+@pytest.mark.parametrize("learn_s, expected", [(86400.0, True), (600.0, False)])
+def test_training_decides_the_forecast_level_by_how_much_history_each_device_has(learn_s, expected):
+    """Unset, ``forecast_from_window_mean`` is decided when the history is seen: 20 minutes of
+    each device are less than a day (learn_s), so it forecasts from the window mean; the
+    decision is saved in the model's config and its network."""
+    det = Detector(config(learn_s=learn_s), METRICS, gap_s=5).fit(telemetry(1200))
+    assert det.config.forecast_from_window_mean is expected
+    assert det.model.network().from_window_mean is expected
+
+
+def climbing(n: int, start_s: int, seed: int) -> pd.DataFrame:
+    """One device whose cpu climbs steadily (a slice of its daily cycle) beside a sine."""
+    rng = np.random.default_rng(seed)
+    t = start_s + np.arange(n, dtype=np.float64)
+    frame = pd.DataFrame({"device_id": "r1", "timestamp": T0 + pd.to_timedelta(t, unit="s")})
+    frame["cpu"] = 50.0 + 0.01 * t + rng.normal(0, 0.5, n)
+    frame["memory"] = 30.0 + 5.0 * np.sin(2 * np.pi * t / 40) + rng.normal(0, 0.5, n)
+    return frame
+
+
+@pytest.mark.parametrize("from_window_mean", [True, False])
+def test_a_quiet_device_climbing_past_its_training_levels_stays_quiet(from_window_mean):
+    """Regression: a quiet demo device whose bytes rate climbed on its daily cycle past the
+    levels training had seen was flagged on 60 % of its points within a quarter of an hour.
+    Forecasting from the window's mean it stays quiet; forecasting absolute levels, as
+    before, the same device alarms nearly all the time."""
+    history = climbing(1200, 0, seed=0)
+    det = Detector(config(forecast_from_window_mean=from_window_mean, max_epochs=10), ["cpu", "memory"],
+                   gap_s=5).fit(history)
+    alarm_share = det.score(climbing(600, 1200, seed=10), history=history.tail(100))["is_anomaly"].mean()
+    if from_window_mean:
+        assert alarm_share < 0.05
+    else:
+        assert alarm_share > 0.5
+
+
 def test_predict_batches_in_eval_mode_and_restores_the_mode():
     """predict == one forward pass in eval mode, however it batches; the net's mode is kept;
     no windows gives an empty (0, outputs) array."""
@@ -365,6 +415,20 @@ def test_save_and_load_give_identical_scores(detector, tmp_path):
     assert loaded.config == saved.config and loaded.feature_names == saved.feature_names
     assert loaded.reference == saved.reference and loaded.training == saved.training
     assert json.loads((path / META_FILE).read_text())["format_version"] == FORMAT_VERSION
+
+
+def test_a_model_saved_before_window_mean_forecasts_still_forecasts_absolute_levels(tmp_path):
+    """Artifacts saved before the setting existed have no ``forecast_from_window_mean`` in
+    their config: they load as the absolute-level forecasters they were trained as."""
+    det = Detector(config(forecast_from_window_mean=False), METRICS, gap_s=5).fit(telemetry())
+    path = det.save(tmp_path / "model")
+    meta = json.loads((path / META_FILE).read_text())
+    del meta["config"]["forecast_from_window_mean"]
+    (path / META_FILE).write_text(json.dumps(meta))
+    loaded = Detector.load(path)
+    assert not loaded.config.forecast_from_window_mean and not loaded.model.network().from_window_mean
+    frame, _ = test_frame()
+    pd.testing.assert_frame_equal(loaded.score(frame), det.score(frame))
 
 
 def test_load_refuses_another_format_version(detector, tmp_path):
