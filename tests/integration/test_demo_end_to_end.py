@@ -23,7 +23,6 @@ from tests.helpers import free_port, processes_naming
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-MAX_QUIET_DEVICES_ALERTING = 2
 DEVICES = 20  # the default fleet: what a new user meets (a smaller one trains a weaker model)
 
 
@@ -63,8 +62,9 @@ def test_demo_finds_every_incident_and_leaves_nothing_running(tmp_path):
         assert len(plots) >= len(incident_devices(DEVICES)) + 1
         assert all(p.is_file() and p.stat().st_size > 1000 and p.parent == demo_dir / "plots" for p in plots)
         assert processes_under(ray_tmp) == []  # no raylet, GCS or worker of the demo's Ray
-        # The goal is none; today's detector flags one or two quiet devices in most runs
-        # (weak episodes, max score ~0.6), so the test bounds it and names what alerted.
-        assert len(summary["quiet_devices_alerting"]) <= MAX_QUIET_DEVICES_ALERTING, summary["false_alerts"]
+        # no quiet device alerts: the target, held since the short-history model
+        # forecasts from its window's mean and the 1 Hz threshold keeps to its alarm budget
+        assert summary["quiet_devices_alerting"] == [], summary["false_alerts"]
+        assert summary["event_precision"] >= 0.8, summary["false_alerts"]
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
