@@ -9,11 +9,12 @@ head differs by objective:
 * ``classify`` (when labels are given; the seed's objective): Linear 1 -> Sigmoid, trained
   with binary cross-entropy on "is the step after this window anomalous".
 
-The forecaster sees each window less its own mean per feature and adds that mean back to
-its forecast (``from_window_mean``; RevIN's idea without the rescaling). Trained on absolute
-levels, it forecast a level it had seen little of badly: a demo device whose bytes rate
+With ``from_window_mean`` (decided at training, see DetectorConfig.for_history) the
+forecaster sees each window less its own mean per feature and adds that mean back to its
+forecast (RevIN's idea without the rescaling). Trained on absolute levels from 30 minutes
+of history, it forecast a level it had seen little of badly: a demo device whose bytes rate
 climbed on its daily cycle past where training ended flagged 60 % of its quiet points within
-a quarter of an hour, and validation loss was a third higher.
+a quarter of an hour, and validation loss was 0.0022-0.0029 against 0.0015-0.0017.
 """
 
 from __future__ import annotations
