@@ -32,6 +32,7 @@ from eyenet.detection.features import ABSOLUTE_SCALE_FLOOR, RELATIVE_SCALE_FLOOR
 # Fewer rows than this cannot give a device its own statistics; it is scaled as the fleet.
 MIN_DEVICE_ROWS = 10
 NEVER_LEARNING_MS = -(2**62)
+STILL_LEARNING_MS = 2**62   # no statistics yet: every row is in the learning period
 
 
 def log_prepared(values: np.ndarray, log_features: np.ndarray) -> np.ndarray:
@@ -164,62 +165,139 @@ class ColdStart:
 
     def __post_init__(self) -> None:
         self._fleet_scaled = set(self.scaler.fleet_scaled)
+        # one object per trained device, built once (a live scorer asks for thousands a tick)
+        self._trained = {d: DeviceStats(s) for d, s in self.scaler.devices.items()}
+        self._fleet_stats = DeviceStats(self.scaler.fleet)
+        self._typical_scale: np.ndarray | None = None
 
     def stats(self, key: str) -> DeviceStats | None:
         device = self.alias(key) if self.alias is not None else key
-        if device in self.scaler.devices:
-            return DeviceStats(self.scaler.devices[device])
+        trained = self._trained.get(device)
+        if trained is not None:
+            return trained
         if device in self._fleet_scaled:
-            return DeviceStats(self.scaler.fleet)
+            return self._fleet_stats
         if device not in self.learned and key not in self.pending and self.lookup is not None:
             found = self.lookup(device)
             if found is not None:
                 self.learned[device] = found
         return self.learned.get(device)
 
+    def typical_scale(self) -> np.ndarray:
+        if self._typical_scale is None:
+            self._typical_scale = self.scaler.typical_scale()
+        return self._typical_scale
+
     def apply(self, values: np.ndarray, device_ids: np.ndarray, ts_ms: np.ndarray, segments: np.ndarray,
               advance: np.ndarray | None = None) -> ScaledRows:
         """Rows ordered by device then time; ``advance`` marks rows not seen before (default:
-        all), the only ones a learning device learns from."""
+        all), the only ones a learning device learns from. Every row is scaled in one array
+        operation: a live call holds thousands of devices with a row or two each."""
         x = log_prepared(values, self.scaler.log_features)
-        scaled = np.empty(x.shape, np.float32)
-        learning = np.zeros(len(x), bool)
-        boundary = np.zeros(len(x), bool)
-        advance = np.ones(len(x), bool) if advance is None else np.asarray(advance, bool)
-        finished: list[str] = []
-        starts = np.flatnonzero(np.r_[True, device_ids[1:] != device_ids[:-1]]) if len(x) \
+        n = len(x)
+        advance = np.ones(n, bool) if advance is None else np.asarray(advance, bool)
+        starts = np.flatnonzero(np.r_[True, device_ids[1:] != device_ids[:-1]]) if n \
             else np.empty(0, np.int64)
-        for a, b in zip(starts, np.r_[starts[1:], len(x)], strict=True):
-            device = str(device_ids[a])
-            stats = self.stats(device)
-            if stats is None:
-                stats = self._learn(device, x[a:b], ts_ms[a:b], advance[a:b])
-                if stats is not None:
-                    finished.append(device)
-            if stats is None:
-                scaled[a:b] = self.scaler.fleet.transform(x[a:b])
-                learning[a:b] = True
-                continue
-            early = ts_ms[a:b] <= stats.learned_at_ms
-            learning[a:b] = early
-            scaled[a:b][early] = self.scaler.fleet.transform(x[a:b][early])
-            scaled[a:b][~early] = stats.scaler.transform(x[a:b][~early])
-            first_own = np.flatnonzero(~early)
-            if len(first_own) and first_own[0] > 0:
-                boundary[a + first_own[0]] = True
-        return ScaledRows(scaled, learning, split_segments(segments, boundary), finished)
+        ends = np.r_[starts[1:], n].astype(np.int64)
+        keys = [str(device_ids[a]) for a in starts.tolist()]
+        stats = [self.stats(k) for k in keys]
+        unknown = [g for g, st in enumerate(stats) if st is None]
+        finished = self._learn(keys, unknown, starts, ends, x, ts_ms, advance) if unknown else {}
+        for g, st in finished.items():
+            stats[g] = st
+        fleet = self.scaler.fleet
+        # a device with no statistics yet is in its learning period for all of its rows
+        own = [fleet if st is None else st.scaler for st in stats]
+        center = np.array([s.center for s in own]).reshape(-1, x.shape[1])
+        scale = np.array([s.scale for s in own]).reshape(-1, x.shape[1])
+        learned_at = np.array([STILL_LEARNING_MS if st is None else st.learned_at_ms for st in stats],
+                              np.int64)
+        group = np.repeat(np.arange(len(starts)), ends - starts)
+        learning = np.asarray(ts_ms, np.int64) <= learned_at[group]
+        center_rows = np.where(learning[:, None], fleet.center, center[group])
+        scale_rows = np.where(learning[:, None], fleet.scale, scale[group])
+        scaled = Scaler(center_rows, scale_rows).transform(x) if n else np.empty(x.shape, np.float32)
+        # a device's own scaling starts a segment (no window mixes the two scalings)
+        first_own = np.minimum.reduceat(np.where(learning, n, np.arange(n)), starts) if n \
+            else np.empty(0, np.int64)
+        boundary = np.zeros(n, bool)
+        cut = (first_own > starts) & (first_own < ends)
+        boundary[first_own[cut]] = True
+        return ScaledRows(scaled, learning, split_segments(segments, boundary),
+                          [keys[g] for g in sorted(finished)])
 
-    def _learn(self, device: str, x: np.ndarray, ts_ms: np.ndarray,
-               advance: np.ndarray) -> DeviceStats | None:
-        for t, row in zip(ts_ms[advance], x[advance], strict=True):
-            moments = self.pending.get(device)
-            if moments is None:
-                moments = self.pending[device] = _Moments.start(int(t), x.shape[1])
-            moments.add(row)
-            if int(t) - moments.first_ms >= self.learn_s * 1000 and moments.count.min() >= MIN_DEVICE_ROWS:
-                stats = DeviceStats(moments.scaler(self.scaler.typical_scale()), int(t))
-                self.learned[device] = stats
-                del self.pending[device]
-                return stats
-        return None
+    def _learn(self, keys: list[str], unknown: list[int], starts: np.ndarray, ends: np.ndarray,
+               x: np.ndarray, ts_ms: np.ndarray, advance: np.ndarray) -> dict[int, DeviceStats]:
+        """Add the unknown devices' advancing rows to their running moments, the j-th row of
+        every device at once; returns the devices (group index) whose learning finished, with
+        the statistics learned, each at the row where it finished."""
+        group = np.repeat(np.arange(len(starts)), ends - starts)
+        wanted = np.zeros(len(starts), bool)
+        wanted[unknown] = True
+        in_group = wanted[group] & advance
+        rows = np.flatnonzero(in_group)
+        if len(rows) == 0:
+            return {}
+        row_group = group[rows]
+        groups, first = np.unique(row_group, return_index=True)
+        rank = np.arange(len(rows)) - first[np.searchsorted(groups, row_group)]
+        moments = [self.pending.get(keys[g]) or _Moments.start(int(ts_ms[rows[f]]), x.shape[1])
+                   for g, f in zip(groups.tolist(), first.tolist(), strict=True)]
+        st = _StackedMoments.of(moments)
+        done = np.zeros(len(groups), bool)
+        finished: dict[int, DeviceStats] = {}
+        for j in range(int(rank.max()) + 1):
+            at = np.flatnonzero(rank == j)
+            slot = np.searchsorted(groups, row_group[at])
+            live = ~done[slot]
+            at, slot = at[live], slot[live]
+            if len(at) == 0:
+                break
+            st.add(slot, x[rows[at]])
+            t = ts_ms[rows[at]].astype(np.int64)
+            ready = (t - st.first_ms[slot] >= self.learn_s * 1000) & \
+                    (st.count[slot].min(axis=1) >= MIN_DEVICE_ROWS)
+            for i in np.flatnonzero(ready).tolist():
+                k = int(slot[i])
+                g = int(groups[k])
+                stats = DeviceStats(st.moments(k).scaler(self.typical_scale()), int(t[i]))
+                self.learned[keys[g]] = finished[g] = stats
+                self.pending.pop(keys[g], None)
+                done[k] = True
+        for k, g in enumerate(groups.tolist()):
+            if not done[k]:
+                self.pending[keys[g]] = st.moments(k)
+        return finished
 
+
+@dataclass
+class _StackedMoments:
+    """Several devices' running moments as arrays (a row per device), added to together."""
+
+    first_ms: np.ndarray
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    magnitude: np.ndarray
+
+    @classmethod
+    def of(cls, moments: list[_Moments]) -> _StackedMoments:
+        return cls(np.array([m.first_ms for m in moments], np.int64),
+                   *(np.array([getattr(m, name) for m in moments], np.float64)
+                     for name in ("count", "mean", "m2", "magnitude")))
+
+    def add(self, slots: np.ndarray, rows: np.ndarray) -> None:
+        """:meth:`_Moments.add` of one row for each of ``slots``."""
+        ok = np.isfinite(rows)
+        x = np.where(ok, rows, 0.0)
+        count = self.count[slots] + ok
+        mean = self.mean[slots]
+        delta = np.where(ok, x - mean, 0.0)
+        mean = mean + delta / np.maximum(count, 1)
+        self.m2[slots] = self.m2[slots] + delta * np.where(ok, x - mean, 0.0)
+        self.count[slots], self.mean[slots] = count, mean
+        self.magnitude[slots] = np.maximum(self.magnitude[slots], np.abs(x))
+
+    def moments(self, k: int) -> _Moments:
+        return _Moments(int(self.first_ms[k]), self.count[k].copy(), self.mean[k].copy(),
+                        self.m2[k].copy(), self.magnitude[k].copy())

@@ -148,7 +148,12 @@ class RegimeTracker:
         Rows are ordered by device then time. ``advance`` marks the rows that move the state
         on (default: all); the others (rows a live scorer already saw, before its new ones)
         are transformed as they were at ``ts_ms``, so a window that spans a change gives the
-        numbers offline scoring gives."""
+        numbers offline scoring gives.
+
+        A live scorer's call holds thousands of devices with one new row each, so the state
+        is stepped for all devices at once, one row of each per step (a Python loop per row
+        cost more than the forward pass). A device whose advancing rows are not the last of
+        its rows (no caller gives such a mask) is stepped row by row, in order."""
         out = np.asarray(scaled, np.float64).copy()
         changes: list[RegimeChange] = []
         if len(out) == 0:
@@ -157,68 +162,151 @@ class RegimeTracker:
         if self.frozen:
             advance = np.zeros(len(out), bool)
         starts = np.flatnonzero(np.r_[True, device_ids[1:] != device_ids[:-1]])
-        for a, b in zip(starts, np.r_[starts[1:], len(out)], strict=True):
-            device = str(device_ids[a]) if self.alias is None else self.alias(str(device_ids[a]))
-            state = self.states.get(device)
-            if state is None and self.lookup is not None:
-                state = self.lookup(device)
-                if state is not None:
-                    self.states[device] = state
-            if state is None:
-                if self.frozen:  # no regime kept for it: judged against training, as is
-                    continue
-                state = self.states[device] = RegimeState.fresh(out.shape[1])
-            for r in range(a, b):
-                if not advance[r]:
-                    baseline, spread = (state.baseline, state.spread) if ts_ms is None or not state.undo \
-                        else state.params_at(int(ts_ms[r]))
-                    out[r] = (out[r] - baseline) / spread
-                    continue
-                before = (state.baseline.copy(), state.spread.copy())
-                moved = self._step(state, out[r])
-                if moved is not None:
-                    changes.append(RegimeChange(r, moved.tolist(), state.spread[moved].tolist()))
-                    if ts_ms is not None:
-                        undo = (int(ts_ms[r]), moved.tolist(), before[0][moved].tolist(),
-                                before[1][moved].tolist())
-                        state.undo = [*state.undo[-(MAX_UNDO - 1):], undo]
-                out[r] = (out[r] - state.baseline) / state.spread
+        ends = np.r_[starts[1:], len(out)]
+        counted = np.r_[0, np.cumsum(advance)]
+        firsts = ends - (counted[ends] - counted[starts])   # where each device's advancing rows start
+        suffix = (counted[ends] - counted[firsts]) == ends - firsts
+        n_features = out.shape[1]
+        group_baseline = np.zeros((len(starts), n_features))
+        group_spread = np.ones((len(starts), n_features))
+        as_then = np.zeros(len(out), bool)       # leading rows transformed by the state as found
+        steppers: list[tuple[int, int, RegimeState]] = []
+        states = [self._state(device_ids[a], n_features) for a in starts.tolist()]
+        known = [id(s) for s in states if s is not None]
+        if len(set(known)) < len(known):  # keys aliased to one device: its rows in key order
+            suffix[:] = False
+        for g, (a, k, b, ok, state) in enumerate(zip(starts.tolist(), firsts.tolist(), ends.tolist(),
+                                                     suffix.tolist(), states, strict=True)):
+            if state is None:  # frozen, no regime kept for it: judged against training, as is
+                continue
+            if not ok:
+                self._apply_rows(state, out, a, b, advance, ts_ms, changes)
+                continue
+            if k > a:
+                if ts_ms is None or not state.undo or int(ts_ms[a]) >= state.undo[-1][0]:
+                    group_baseline[g], group_spread[g] = state.baseline, state.spread
+                    as_then[a:k] = True
+                else:  # rows from before the device's last changes: each with its own
+                    for r in range(a, k):
+                        baseline, spread = state.params_at(int(ts_ms[r]))
+                        out[r] = (out[r] - baseline) / spread
+            if b > k:
+                steppers.append((k, b, state))
+        group = np.repeat(np.arange(len(starts)), ends - starts)[as_then]
+        out[as_then] = (out[as_then] - group_baseline[group]) / group_spread[group]
+        if steppers:
+            self._step_devices(steppers, out, ts_ms, changes)
+        changes.sort(key=lambda c: c.row)
         return out.astype(np.float32), changes
 
-    def _step(self, state: RegimeState, z: np.ndarray) -> np.ndarray | None:
-        reference = self._reference(len(z))
-        if not state.started:
-            state.level[:] = z
-            state.deviation[:] = reference
-            state.started = True
-        else:
-            state.level += self._alpha * (z - state.level)
-        state.deviation += self._alpha * (np.abs(z - state.level) - state.deviation)
+    def _state(self, key: object, n_features: int) -> RegimeState | None:
+        device = str(key) if self.alias is None else self.alias(str(key))
+        state = self.states.get(device)
+        if state is None and self.lookup is not None:
+            state = self.lookup(device)
+            if state is not None:
+                self.states[device] = state
+        if state is None and not self.frozen:
+            state = self.states[device] = RegimeState.fresh(n_features)
+        return state
+
+    def _apply_rows(self, state: RegimeState, out: np.ndarray, a: int, b: int, advance: np.ndarray,
+                    ts_ms: np.ndarray | None, changes: list[RegimeChange]) -> None:
+        """One device's rows ``a:b`` in order, each advancing row stepping the state."""
+        for r in range(a, b):
+            if not advance[r]:
+                baseline, spread = (state.baseline, state.spread) if ts_ms is None or not state.undo \
+                    else state.params_at(int(ts_ms[r]))
+                out[r] = (out[r] - baseline) / spread
+                continue
+            stepped = _Stacked.of([state])
+            self._step(stepped, np.array([0]), out[r:r + 1], r, ts_ms, [state], changes)
+            stepped.store([state])
+            out[r] = (out[r] - state.baseline) / state.spread
+
+    def _step_devices(self, steppers: list[tuple[int, int, RegimeState]], out: np.ndarray,
+                      ts_ms: np.ndarray | None, changes: list[RegimeChange]) -> None:
+        """Step every device over its advancing rows ``k:b``: the j-th row of each at once."""
+        states = [s for _, _, s in steppers]
+        stacked = _Stacked.of(states)
+        firsts = np.array([k for k, _, _ in steppers])
+        lengths = np.array([b - k for k, b, _ in steppers])
+        for j in range(int(lengths.max())):
+            active = np.flatnonzero(lengths > j)
+            rows = firsts[active] + j
+            self._step(stacked, active, out[rows], rows, ts_ms, states, changes)
+            out[rows] = (out[rows] - stacked.baseline[active]) / stacked.spread[active]
+        stacked.store(states)
+
+    def _step(self, st: _Stacked, active: np.ndarray, z: np.ndarray, rows: np.ndarray | int,
+              ts_ms: np.ndarray | None, states: list[RegimeState], changes: list[RegimeChange]) -> None:
+        """Move the ``active`` devices' state on by one row each (``z``: their rows)."""
+        reference = self._reference(z.shape[1])
+        started = st.started[active][:, None]
+        level = np.where(started, st.level[active] + self._alpha * (z - st.level[active]), z)
+        deviation = np.where(started, st.deviation[active], reference)
+        deviation = deviation + self._alpha * (np.abs(z - level) - deviation)
+        baseline, spread = st.baseline[active], st.spread[active]
         # noise now, in multiples of training's (the spread a new regime is judged with)
-        ratio = state.deviation / reference
+        ratio = deviation / reference
         # the band: shift_z standard deviations of the noise the regime is judged with
-        noise = state.spread * reference / NORMAL_DEVIATION
-        offset = state.level - state.baseline
+        noise = spread * reference / NORMAL_DEVIATION
+        offset = level - baseline
         beyond = np.abs(offset) > self.shift_z * noise
         side = np.sign(offset)
-        same = beyond & (side == state.side)
+        same = beyond & (side == st.side[active])
         # noise several times (or, after a noisy regime, a fraction of) the spread judged
         # against is a regime too, level shift or not
-        spread_moved = (ratio > SPREAD_FACTOR * state.spread) | \
-                       ((state.spread > 1.0) & (np.maximum(ratio, 1.0) * SPREAD_FACTOR < state.spread))
-        state.run = np.where(same | (spread_moved & ~beyond), state.run + 1, np.where(beyond, 1, 0))
-        state.side = np.where(beyond, side, 0.0)
-        moved = np.flatnonzero(state.run >= self.adapt_steps)
-        if len(moved) == 0:
-            return None
-        state.baseline[moved] = state.level[moved]
-        state.spread[moved] = np.maximum(ratio[moved], 1.0)
-        state.run[moved] = 0
-        state.changes += 1
-        return moved
+        spread_moved = (ratio > SPREAD_FACTOR * spread) | \
+                       ((spread > 1.0) & (np.maximum(ratio, 1.0) * SPREAD_FACTOR < spread))
+        run = np.where(same | (spread_moved & ~beyond), st.run[active] + 1, np.where(beyond, 1, 0))
+        st.level[active], st.deviation[active], st.started[active] = level, deviation, True
+        st.side[active] = np.where(beyond, side, 0.0)
+        moved = run >= self.adapt_steps
+        for i in np.flatnonzero(moved.any(axis=1)).tolist():
+            features = np.flatnonzero(moved[i])
+            g, row = int(active[i]), int(np.atleast_1d(rows)[i])
+            state = states[g]
+            old_baseline, old_spread = baseline[i, features].tolist(), spread[i, features].tolist()
+            baseline[i, features] = level[i, features]
+            spread[i, features] = np.maximum(ratio[i, features], 1.0)
+            run[i, features] = 0
+            state.changes += 1
+            changes.append(RegimeChange(row, features.tolist(), spread[i, features].tolist()))
+            if ts_ms is not None:
+                undo = (int(ts_ms[row]), features.tolist(), old_baseline, old_spread)
+                state.undo = [*state.undo[-(MAX_UNDO - 1):], undo]
+        st.baseline[active], st.spread[active], st.run[active] = baseline, spread, run
 
     def _reference(self, n_features: int) -> np.ndarray:
         if self.reference is None:
             return np.full(n_features, NORMAL_DEVIATION)
         return self.reference
 
+
+
+@dataclass
+class _Stacked:
+    """Several devices' tracker states as arrays (a row per device), stepped together."""
+
+    baseline: np.ndarray
+    spread: np.ndarray
+    level: np.ndarray
+    deviation: np.ndarray
+    run: np.ndarray
+    side: np.ndarray
+    started: np.ndarray
+
+    @classmethod
+    def of(cls, states: list[RegimeState]) -> _Stacked:
+        return cls(*(np.array([getattr(s, name) for s in states]) for name in _STACKED),
+                   np.array([s.started for s in states], bool))
+
+    def store(self, states: list[RegimeState]) -> None:
+        for i, state in enumerate(states):
+            for name in _STACKED:
+                getattr(state, name)[:] = getattr(self, name)[i]
+            state.started = bool(self.started[i])
+
+
+_STACKED = ("baseline", "spread", "level", "deviation", "run", "side")

@@ -205,18 +205,24 @@ class StreamScorer:
         starts = np.flatnonzero(np.r_[True, devices[1:] != devices[:-1]])
         ends = np.r_[starts[1:], len(devices)]
         touched = []
-        for a, b in zip(starts, ends, strict=True):
+        empty_values = np.empty((0, len(self.metrics)))
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
             device = str(devices[a])
             state = self._devices.get(device)
             if state is None:
-                state = self._devices[device] = _DeviceState(np.empty(0, np.int64),
-                                                             np.empty((0, len(self.metrics))))
+                state = self._devices[device] = _DeviceState(np.empty(0, np.int64), empty_values)
+            if len(state.ts_ms) == 0 or ts_ms[a] > state.ts_ms[-1]:
+                # the usual case: every sample is newer than the buffer, already in order
+                state.ts_ms = np.concatenate((state.ts_ms, ts_ms[a:b]))
+                state.values = np.concatenate((state.values, values[a:b]))
+                touched.append(device)
+                continue
             seen = set(state.ts_ms.tolist())
-            keep = np.array([t not in seen for t in ts_ms[a:b]], bool)
+            keep = np.array([t not in seen for t in ts_ms[a:b].tolist()], bool)
             if not keep.any():
                 continue
-            all_ts = np.r_[state.ts_ms, ts_ms[a:b][keep]]
-            all_values = np.vstack([state.values, values[a:b][keep]])
+            all_ts = np.concatenate((state.ts_ms, ts_ms[a:b][keep]))
+            all_values = np.concatenate((state.values, values[a:b][keep]))
             order_in = np.argsort(all_ts, kind="stable")
             state.ts_ms, state.values = all_ts[order_in], all_values[order_in]
             touched.append(device)
@@ -225,49 +231,66 @@ class StreamScorer:
     def _smooth(self, device_ids: np.ndarray, segments: np.ndarray, ts_ms: np.ndarray,
                 new: np.ndarray, contrib: np.ndarray, raw: np.ndarray) -> None:
         """Advance each device's EWM sums over its ``new`` rows (primed ones included) in
-        time order, in place."""
+        time order, in place: the j-th new row of every device in one array step."""
+        rows = np.flatnonzero(new)
+        if len(rows) == 0:
+            return
         n_feat = contrib.shape[1]
         starts = np.flatnonzero(np.r_[True, device_ids[1:] != device_ids[:-1]])  # rows sorted by device
-        for a, b in zip(starts, np.r_[starts[1:], len(device_ids)], strict=True):
-            rows = np.arange(a, b)
-            fresh = rows[new[rows]]
-            if len(fresh) == 0:
-                continue
-            state = self._devices[device_ids[a]]
-            # continue the running sums only if the last scored row is in the same segment
-            prev = rows[ts_ms[rows] == (state.last_scored_ms or -1)]
-            same = len(prev) and state.num is not None and segments[prev[0]] == segments[fresh[0]]
-            num = state.num.copy() if same else np.zeros(n_feat)
-            den = state.den.copy() if same else np.zeros(n_feat)
-            weight = state.prior_weight if same else self.full_weight
-            segment = segments[fresh[0]]
-            for r in fresh:
-                if segments[r] != segment:
-                    num, den, segment = np.zeros(n_feat), np.zeros(n_feat), segments[r]
-                    weight = self.full_weight
-                x = contrib[r]
-                finite = np.isfinite(x)
-                num = self.decay * num + np.where(finite, x, 0.0)
-                den = self.decay * den + finite
-                weight *= self.decay
-                # as eyenet.detection.scoring.smoothed_errors: the prior starts each segment
-                top, bottom = num + weight * self.prior, den + weight
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    contrib[r] = np.where(den > 0, top / np.where(den > 0, bottom, 1.0), np.nan)
-                raw[r] = contrib[r].sum()
-            state.num, state.den, state.prior_weight = num, den, weight
+        group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(device_ids)]))
+        row_group = group[rows]
+        groups, first = np.unique(row_group, return_index=True)
+        slot = np.searchsorted(groups, row_group)
+        rank = np.arange(len(rows)) - first[slot]
+        states = [self._devices[device_ids[starts[g]]] for g in groups.tolist()]
+        # continue the running sums only if the last scored row is in the same segment
+        last_ms = np.full(len(starts), -2, np.int64)   # -2: no row of a device not in the call
+        last_ms[groups] = [s.last_scored_ms or -1 for s in states]
+        hits = np.flatnonzero(ts_ms == last_ms[group])
+        hit_groups, hit_first = np.unique(group[hits], return_index=True)
+        prev = np.full(len(groups), -1)
+        prev[np.searchsorted(groups, hit_groups)] = hits[hit_first]
+        segment = segments[rows[first]]
+        same = (prev >= 0) & (segments[np.maximum(prev, 0)] == segment) & \
+            np.array([s.num is not None for s in states])
+        num, den = np.zeros((len(groups), n_feat)), np.zeros((len(groups), n_feat))
+        weight = np.full(len(groups), self.full_weight)
+        for k in np.flatnonzero(same).tolist():
+            num[k], den[k], weight[k] = states[k].num, states[k].den, states[k].prior_weight
+        for j in range(int(rank.max()) + 1):
+            at = np.flatnonzero(rank == j)
+            r, k = rows[at], slot[at]
+            restart = segments[r] != segment[k]    # a gap among the new rows: a new segment
+            if restart.any():
+                num[k[restart]], den[k[restart]] = 0.0, 0.0
+                weight[k[restart]] = self.full_weight
+                segment[k] = segments[r]
+            x = contrib[r]
+            finite = np.isfinite(x)
+            num[k] = self.decay * num[k] + np.where(finite, x, 0.0)
+            den[k] = self.decay * den[k] + finite
+            weight[k] *= self.decay
+            # as eyenet.detection.scoring.smoothed_errors: the prior starts each segment
+            top, bottom = num[k] + weight[k, None] * self.prior, den[k] + weight[k, None]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                contrib[r] = np.where(den[k] > 0, top / np.where(den[k] > 0, bottom, 1.0), np.nan)
+            raw[r] = contrib[r].sum(axis=1)
+        for k, state in enumerate(states):
+            state.num, state.den, state.prior_weight = num[k].copy(), den[k].copy(), float(weight[k])
 
     def _trim(self, scored: pd.DataFrame) -> None:
         if scored.empty:
             return
         devices = scored[DEVICE].to_numpy()
         ts_ms = to_ms(scored[TIMESTAMP]).to_numpy()
-        ends = np.r_[np.flatnonzero(devices[1:] != devices[:-1]), len(devices) - 1]  # sorted by device
-        starts = np.r_[0, ends[:-1] + 1]
-        for a, b in zip(starts, ends, strict=True):
+        starts = np.flatnonzero(np.r_[True, devices[1:] != devices[:-1]])  # sorted by device
+        newest = np.maximum.reduceat(ts_ms, starts)
+        keep = self.buffer_rows
+        for a, t in zip(starts.tolist(), newest.tolist(), strict=True):
             state = self._devices[devices[a]]
-            state.last_scored_ms = int(ts_ms[a:b + 1].max())
-            state.ts_ms, state.values = state.ts_ms[-self.buffer_rows:], state.values[-self.buffer_rows:]
+            state.last_scored_ms = int(t)
+            if len(state.ts_ms) > keep:
+                state.ts_ms, state.values = state.ts_ms[-keep:], state.values[-keep:]
 
     def _empty(self) -> pd.DataFrame:
         return pd.DataFrame({DEVICE: pd.Series(dtype=object), TIMESTAMP: from_ms([]),

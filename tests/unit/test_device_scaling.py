@@ -139,3 +139,36 @@ def test_a_trained_device_with_less_history_than_a_learning_period_is_judged_in_
     assert not out["learning"].any()
     reloaded = DeviceScaler.from_dict(detector.scaling.to_dict())
     assert reloaded.fleet_scaled == detector.scaling.fleet_scaled
+
+
+def test_many_unseen_devices_learn_in_one_call_as_each_would_alone(detector):
+    """A live call holds many learning devices with a row or more each; they are learned
+    together, each finishing at its own row with the statistics it would have alone."""
+    rng = np.random.default_rng(5)
+    feeds = {f"u{i}": scaled_fleet(400, start_s=1000, seed=10 + i).query("device_id == 'big'")
+             .assign(device_id=f"u{i}") for i in range(5)}
+    together, alone = detector.cold_start(), detector.cold_start()
+    feats = {d: detector.features(f) for d, f in feeds.items()}
+    at = dict.fromkeys(feeds, 0)
+    while any(at[d] < len(feats[d].values) for d in feeds):
+        parts = []
+        for d in feeds:
+            b = min(len(feats[d].values), at[d] + int(rng.integers(0, 30)))
+            parts.append((d, slice(at[d], b)))
+            at[d] = b
+        values = np.vstack([feats[d].values[s] for d, s in parts])
+        ids = np.concatenate([feats[d].device_ids[s] for d, s in parts])
+        ts = np.concatenate([feats[d].timestamps_ms[s] for d, s in parts])
+        segments = np.concatenate([feats[d].segments[s] + 1000 * i for i, (d, s) in enumerate(parts)])
+        out = together.apply(values, ids, ts, segments)
+        learned = []
+        for d, _ in parts:
+            mine = ids == d
+            own = alone.apply(values[mine], ids[mine], ts[mine], segments[mine])
+            np.testing.assert_array_equal(out.scaled[mine], own.scaled)
+            np.testing.assert_array_equal(out.learning[mine], own.learning)
+            learned += own.learned
+        assert out.learned == learned
+    assert set(together.learned) == set(feeds)
+    assert {d: s.to_dict() for d, s in together.learned.items()} == \
+        {d: s.to_dict() for d, s in alone.learned.items()}

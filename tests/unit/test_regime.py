@@ -208,3 +208,40 @@ def test_the_scored_frame_names_the_adopted_features_at_the_change(adaptive):
     changed = out[out["regime_change"] != ""]
     assert changed["regime_change"].tolist() == ["cpu"]
     assert SHIFT_AT + ADAPT_S <= changed.index[0] <= SHIFT_AT + 2 * ADAPT_S
+
+
+def test_many_devices_in_one_call_step_as_each_would_alone():
+    """A live call steps thousands of devices together, one row of each at a time: every
+    device must end where a tracker of its own rows would, changes and undo included."""
+    rng = np.random.default_rng(7)
+    n_devices, n_rows = 6, 300
+    series = {f"d{i}": rng.normal(0, 1, (n_rows, 3)) for i in range(n_devices)}
+    for i, z in enumerate(series.values()):
+        z[40 + 30 * i:, i % 3] += 9.0                    # each device shifts at its own time
+    together, alone = RegimeTracker(adapt_steps=25), RegimeTracker(adapt_steps=25)
+    seen = dict.fromkeys(series, 0)
+    for call in range(12):
+        rows, keys, ts, advance = [], [], [], []
+        for i, (device, z) in enumerate(series.items()):
+            old, new = 3, (call * 7 + i * 5) % 40          # a few rows again, then new ones
+            a, b = max(0, seen[device] - old), min(n_rows, seen[device] + new)
+            rows.append(z[a:b])
+            keys += [device] * (b - a)
+            ts += list(range(a * 1000, b * 1000, 1000))
+            advance.append(np.arange(a, b) >= seen[device])
+            seen[device] = max(seen[device], b)
+        z, keys, ts = np.vstack(rows), np.array(keys, dtype=object), np.array(ts)
+        advance = np.concatenate(advance)
+        out, changes = together.apply(z, keys, advance, ts)
+        for device in series:
+            mine = keys == device
+            if not mine.any():
+                continue
+            own, own_changes = alone.apply(z[mine], keys[mine], advance[mine], ts[mine])
+            np.testing.assert_array_equal(out[mine], own)
+            offset = int(np.flatnonzero(mine)[0])
+            assert [(c.row - offset, c.features, c.ratio) for c in changes if keys[c.row] == device] == \
+                [(c.row, c.features, c.ratio) for c in own_changes]
+    assert sum(s.changes for s in together.states.values()) >= n_devices
+    assert {d: s.to_dict() for d, s in together.states.items()} == \
+        {d: s.to_dict() for d, s in alone.states.items()}
