@@ -262,6 +262,7 @@ class Collector:
                 "source_error": self._source_backoff.last_error or None,
                 "silent_devices": sorted(d for d in self.device_ids
                                          if now_ms - self.last_sample_ms.get(d, now_ms) > silent_after_ms),
+                "oldest_cursor_ms": min(self.cursor_ms.values()),
                 "lag_s": max(0.0, (self.source.now_ms() - min(self.cursor_ms.values())) / 1000.0)}
 
     def _empty(self) -> pd.DataFrame:

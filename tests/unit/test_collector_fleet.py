@@ -69,8 +69,12 @@ def test_collectors_poll_just_after_the_next_grid_tick():
 
     # mid-interval: wait for the next tick plus the offset
     assert next_poll_delay_s(100.3, 1.0, 100.3) == pytest.approx(0.7 + POLL_AFTER_TICK_S)
-    # a poll that just started right before a tick does not poll again at once
-    assert next_poll_delay_s(100.97, 1.0, 100.96) == pytest.approx(1.03 + POLL_AFTER_TICK_S)
-    # a slow poll that overran its interval polls at the next tick
-    assert next_poll_delay_s(102.5, 1.0, 100.0) == pytest.approx(0.5 + POLL_AFTER_TICK_S)
-    assert next_poll_delay_s(300.0, 60.0, 290.0) == pytest.approx(60.0 + POLL_AFTER_TICK_S)
+    # a poll that started just before a tick polls just after it (it waited a whole interval)
+    assert next_poll_delay_s(100.97, 1.0, 100.96) == pytest.approx(0.03 + POLL_AFTER_TICK_S)
+    assert next_poll_delay_s(300.0, 60.0, 290.0) == pytest.approx(POLL_AFTER_TICK_S)
+    # a poll that began at the tick, before its offset, may have missed it: poll after it
+    assert next_poll_delay_s(101.03, 1.0, 101.02) == pytest.approx(101.0 + POLL_AFTER_TICK_S - 101.03)
+    # one that began after the offset saw it: the next tick
+    assert next_poll_delay_s(101.2, 1.0, 101.0 + POLL_AFTER_TICK_S) == pytest.approx(0.8 + POLL_AFTER_TICK_S)
+    # a slow poll that overran the next tick polls again at once
+    assert next_poll_delay_s(102.5, 1.0, 100.0) == 0.0
