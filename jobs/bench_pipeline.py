@@ -49,25 +49,56 @@ BENCH_DEVICES_PER_ACTOR = 250
 SEED = 7
 
 
+def _ray_processes() -> list[Any]:
+    """Every Ray process on this machine plus this driver (the pipeline's whole cost)."""
+    import os
+
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if proc.info["pid"] == os.getpid() or "ray" in (proc.info["name"] or "") or "ray::" in cmd \
+                or "/ray/" in cmd or "default_worker.py" in cmd:
+            found.append(proc)
+    return found
+
+
 def _ray_memory_bytes() -> int:
     """Proportional set size (PSS) of every Ray process on this machine plus this driver.
 
     PSS, not RSS: Ray's object store is shared memory mapped into every worker that
     touches it, and summing RSS would count those pages once per process."""
-    import os
-
     import psutil
 
     total = 0
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+    for proc in _ray_processes():
         try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if proc.info["pid"] == os.getpid() or "ray" in (proc.info["name"] or "") or "ray::" in cmd \
-                    or "/ray/" in cmd or "default_worker.py" in cmd:
-                total += proc.memory_full_info().pss
+            total += proc.memory_full_info().pss
         except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
             continue
     return total
+
+
+def _ray_cpu_s() -> dict[int, float]:
+    """CPU seconds (user + system) each Ray process has used so far, by pid: the measured
+    period's CPU is the difference, per sample the unit a cluster is sized in."""
+    import psutil
+
+    used = {}
+    for proc in _ray_processes():
+        try:
+            times = proc.cpu_times()
+            used[proc.pid] = times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return used
+
+
+def cpu_used_s(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two :func:`_ray_cpu_s` readings (a process started in
+    between counts from zero; one gone by the second reading is not counted)."""
+    return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items())
 
 
 class _MemorySampler(threading.Thread):
@@ -188,7 +219,10 @@ def run_pipeline_bench(config: EyeNetConfig, devices: int = 1000, seconds: float
     ray.get([f.reset_stats.remote() for f in pipeline.feature_actors])
     measured_from_s = time.time()
     stored_before = pipeline.stats()["stored"]
+    cpu_before = _ray_cpu_s()
     time.sleep(seconds)  # the pipeline runs on its own; this process only measures
+    cpu_s = cpu_used_s(cpu_before, _ray_cpu_s())
+    cpu_elapsed_s = time.time() - measured_from_s
     lag_s = max(c["lag_s"] for c in pipeline.stats(timeout_s=120.0)["collectors"])
     final = pipeline.stop(keep_scorers=True)
     elapsed_s = time.time() - measured_from_s
@@ -222,6 +256,10 @@ def run_pipeline_bench(config: EyeNetConfig, devices: int = 1000, seconds: float
         "poll_to_score_ms_p50": max(p.get("p50_ms") or float("nan") for p in polls),
         "poll_to_score_ms_p99": max(p.get("p99_ms") or float("nan") for p in polls),
         "peak_memory_gb_pss": round(sampler.peak / 2**30, 2),
+        "memory_mb_pss_per_device": round(sampler.peak / 2**20 / devices, 3),
+        # every Ray process, this driver included: ingest, validation, store, scoring, Ray
+        "cpu_cores_busy": round(cpu_s / cpu_elapsed_s, 2),
+        "cpu_ms_per_sample": round(1000.0 * cpu_s / max(stored_in_period * cpu_elapsed_s / elapsed_s, 1), 3),
         "samples_generated": counts["generated"], "samples_stored": counts["stored"],
         "samples_lost": counts["lost"], "samples_duplicated": counts["duplicated"],
         "rejected": sum(c["totals"].get("rejected", 0) for c in final["collectors"]),

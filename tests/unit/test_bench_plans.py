@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from eyenet.config import EyeNetConfig
-from jobs.bench_pipeline import TRAIN_DEVICE_SAMPLES, training_plan, warmed_up
+from jobs.bench_pipeline import TRAIN_DEVICE_SAMPLES, cpu_used_s, training_plan, warmed_up
 
 
 @pytest.mark.parametrize(("devices", "interval_s"), [(10, 1.0), (1000, 1.0), (3000, 1.0), (5000, 1.0),
@@ -39,3 +39,9 @@ def test_the_warm_up_ends_only_when_every_collector_has_fetched_up_to_the_measur
     assert not warmed_up(pipeline_stats([origin_ms], 0, 0), origin_ms)                 # nothing stored
     assert not warmed_up(pipeline_stats([], 0, 0), origin_ms)
     assert warmed_up(pipeline_stats([origin_ms + 50, origin_ms], 50, 100), origin_ms)
+
+
+def test_cpu_is_counted_from_each_process_own_start_of_the_period():
+    before = {1: 10.0, 2: 5.0, 3: 7.0}
+    after = {1: 12.5, 2: 5.0, 4: 1.5}     # 3 went away, 4 started during the period
+    assert cpu_used_s(before, after) == pytest.approx(2.5 + 0.0 + 1.5)
