@@ -163,7 +163,7 @@ def warmed_up(stats: dict[str, Any], until_ms: int) -> bool:
     was scored after the figures were reset, at an age of 11 s, and as one tick of twelve
     measured it set the p99 (10,000 devices at 10 s read 11 s instead of about 1)."""
     return bool(stats["collectors"]) and \
-        all(c.get("oldest_cursor_ms", -1) >= until_ms and c["totals"].get("stored")
+        all(c["oldest_cursor_ms"] >= until_ms and c["totals"].get("stored")
             for c in stats["collectors"]) and stats["scored"] >= stats["stored"]
 
 
@@ -223,7 +223,9 @@ def run_pipeline_bench(config: EyeNetConfig, devices: int = 1000, seconds: float
     time.sleep(seconds)  # the pipeline runs on its own; this process only measures
     cpu_s = cpu_used_s(cpu_before, _ray_cpu_s())
     cpu_elapsed_s = time.time() - measured_from_s
-    lag_s = max(c["lag_s"] for c in pipeline.stats(timeout_s=120.0)["collectors"])
+    at_end = pipeline.stats(timeout_s=120.0)
+    lag_s = max(c["lag_s"] for c in at_end["collectors"])
+    stored_in_cpu_period = at_end["stored"] - stored_before
     final = pipeline.stop(keep_scorers=True)
     elapsed_s = time.time() - measured_from_s
     sampler.stop.set()
@@ -259,7 +261,7 @@ def run_pipeline_bench(config: EyeNetConfig, devices: int = 1000, seconds: float
         "memory_mb_pss_per_device": round(sampler.peak / 2**20 / devices, 3),
         # every Ray process, this driver included: ingest, validation, store, scoring, Ray
         "cpu_cores_busy": round(cpu_s / cpu_elapsed_s, 2),
-        "cpu_ms_per_sample": round(1000.0 * cpu_s / max(stored_in_period * cpu_elapsed_s / elapsed_s, 1), 3),
+        "cpu_ms_per_sample": round(1000.0 * cpu_s / max(stored_in_cpu_period, 1), 3),
         "samples_generated": counts["generated"], "samples_stored": counts["stored"],
         "samples_lost": counts["lost"], "samples_duplicated": counts["duplicated"],
         "rejected": sum(c["totals"].get("rejected", 0) for c in final["collectors"]),

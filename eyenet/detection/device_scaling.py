@@ -27,7 +27,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from eyenet.detection.features import ABSOLUTE_SCALE_FLOOR, RELATIVE_SCALE_FLOOR, Scaler, split_segments
+from eyenet.detection.features import (
+    ABSOLUTE_SCALE_FLOOR,
+    RELATIVE_SCALE_FLOOR,
+    Scaler,
+    ranked,
+    split_segments,
+)
 
 # Fewer rows than this cannot give a device its own statistics; it is scaled as the fleet.
 MIN_DEVICE_ROWS = 10
@@ -201,8 +207,9 @@ class ColdStart:
         ends = np.r_[starts[1:], n].astype(np.int64)
         keys = [str(device_ids[a]) for a in starts.tolist()]
         stats = [self.stats(k) for k in keys]
+        group = np.repeat(np.arange(len(starts)), ends - starts)
         unknown = [g for g, st in enumerate(stats) if st is None]
-        finished = self._learn(keys, unknown, starts, ends, x, ts_ms, advance) if unknown else {}
+        finished = self._learn(keys, unknown, group, x, ts_ms, advance) if unknown else {}
         for g, st in finished.items():
             stats[g] = st
         fleet = self.scaler.fleet
@@ -212,7 +219,6 @@ class ColdStart:
         scale = np.array([s.scale for s in own]).reshape(-1, x.shape[1])
         learned_at = np.array([STILL_LEARNING_MS if st is None else st.learned_at_ms for st in stats],
                               np.int64)
-        group = np.repeat(np.arange(len(starts)), ends - starts)
         learning = np.asarray(ts_ms, np.int64) <= learned_at[group]
         center_rows = np.where(learning[:, None], fleet.center, center[group])
         scale_rows = np.where(learning[:, None], fleet.scale, scale[group])
@@ -226,21 +232,18 @@ class ColdStart:
         return ScaledRows(scaled, learning, split_segments(segments, boundary),
                           [keys[g] for g in sorted(finished)])
 
-    def _learn(self, keys: list[str], unknown: list[int], starts: np.ndarray, ends: np.ndarray,
-               x: np.ndarray, ts_ms: np.ndarray, advance: np.ndarray) -> dict[int, DeviceStats]:
+    def _learn(self, keys: list[str], unknown: list[int], group: np.ndarray, x: np.ndarray,
+               ts_ms: np.ndarray, advance: np.ndarray) -> dict[int, DeviceStats]:
         """Add the unknown devices' advancing rows to their running moments, the j-th row of
         every device at once; returns the devices (group index) whose learning finished, with
         the statistics learned, each at the row where it finished."""
-        group = np.repeat(np.arange(len(starts)), ends - starts)
-        wanted = np.zeros(len(starts), bool)
+        wanted = np.zeros(len(keys), bool)
         wanted[unknown] = True
-        in_group = wanted[group] & advance
-        rows = np.flatnonzero(in_group)
+        rows = np.flatnonzero(wanted[group] & advance)
         if len(rows) == 0:
             return {}
-        row_group = group[rows]
-        groups, first = np.unique(row_group, return_index=True)
-        rank = np.arange(len(rows)) - first[np.searchsorted(groups, row_group)]
+        groups, slots, rank = ranked(group[rows])
+        first = np.flatnonzero(rank == 0)
         moments = [self.pending.get(keys[g]) or _Moments.start(int(ts_ms[rows[f]]), x.shape[1])
                    for g, f in zip(groups.tolist(), first.tolist(), strict=True)]
         st = _StackedMoments.of(moments)
@@ -248,7 +251,7 @@ class ColdStart:
         finished: dict[int, DeviceStats] = {}
         for j in range(int(rank.max()) + 1):
             at = np.flatnonzero(rank == j)
-            slot = np.searchsorted(groups, row_group[at])
+            slot = slots[at]
             live = ~done[slot]
             at, slot = at[live], slot[live]
             if len(at) == 0:

@@ -190,6 +190,15 @@ def split_segments(segments: np.ndarray, boundary: np.ndarray) -> np.ndarray:
     return np.cumsum(np.r_[True, np.diff(segments) != 0] | boundary) - 1
 
 
+def ranked(row_group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For rows grouped contiguously (a device's rows together): the groups present, each
+    row's slot among them and its rank within its group. Rows ``rank == j`` are the j-th row
+    of every group: per-device state is stepped for all devices at once, one rank at a time."""
+    groups, first = np.unique(row_group, return_index=True)
+    slot = np.searchsorted(groups, row_group)
+    return groups, slot, np.arange(len(row_group)) - first[slot]
+
+
 def window_targets(segments: np.ndarray, window: int, flagged: np.ndarray | None = None) -> np.ndarray:
     """Rows ``t`` whose previous ``window`` rows lie in t's segment (forecast targets).
 

@@ -220,7 +220,7 @@ class RegimeTracker:
                 out[r] = (out[r] - baseline) / spread
                 continue
             stepped = _Stacked.of([state])
-            self._step(stepped, np.array([0]), out[r:r + 1], r, ts_ms, [state], changes)
+            self._step(stepped, np.array([0]), out[r:r + 1], np.array([r]), ts_ms, [state], changes)
             stepped.store([state])
             out[r] = (out[r] - state.baseline) / state.spread
 
@@ -238,7 +238,7 @@ class RegimeTracker:
             out[rows] = (out[rows] - stacked.baseline[active]) / stacked.spread[active]
         stacked.store(states)
 
-    def _step(self, st: _Stacked, active: np.ndarray, z: np.ndarray, rows: np.ndarray | int,
+    def _step(self, st: _Stacked, active: np.ndarray, z: np.ndarray, rows: np.ndarray,
               ts_ms: np.ndarray | None, states: list[RegimeState], changes: list[RegimeChange]) -> None:
         """Move the ``active`` devices' state on by one row each (``z``: their rows)."""
         reference = self._reference(z.shape[1])
@@ -265,7 +265,7 @@ class RegimeTracker:
         moved = run >= self.adapt_steps
         for i in np.flatnonzero(moved.any(axis=1)).tolist():
             features = np.flatnonzero(moved[i])
-            g, row = int(active[i]), int(np.atleast_1d(rows)[i])
+            g, row = int(active[i]), int(rows[i])
             state = states[g]
             old_baseline, old_spread = baseline[i, features].tolist(), spread[i, features].tolist()
             baseline[i, features] = level[i, features]
@@ -282,7 +282,6 @@ class RegimeTracker:
         if self.reference is None:
             return np.full(n_features, NORMAL_DEVIATION)
         return self.reference
-
 
 
 @dataclass

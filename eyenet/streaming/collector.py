@@ -252,6 +252,7 @@ class Collector:
     def stats(self) -> dict[str, Any]:
         now_ms = self._now_s() * 1000
         silent_after_ms = 3 * self.config.gap_s * 1000
+        oldest_ms = min(self.cursor_ms.values())
         return {"name": self.name, "at_s": now_ms / 1000.0, "devices": len(self.device_ids),
                 "totals": dict(self.totals),
                 "repaired": dict(self.repaired), "rejected": dict(self.rejected),
@@ -262,8 +263,8 @@ class Collector:
                 "source_error": self._source_backoff.last_error or None,
                 "silent_devices": sorted(d for d in self.device_ids
                                          if now_ms - self.last_sample_ms.get(d, now_ms) > silent_after_ms),
-                "oldest_cursor_ms": min(self.cursor_ms.values()),
-                "lag_s": max(0.0, (self.source.now_ms() - min(self.cursor_ms.values())) / 1000.0)}
+                "oldest_cursor_ms": oldest_ms,
+                "lag_s": max(0.0, (self.source.now_ms() - oldest_ms) / 1000.0)}
 
     def _empty(self) -> pd.DataFrame:
         return pd.DataFrame(columns=[DEVICE, TIMESTAMP, *self.config.metrics, LABEL])

@@ -34,7 +34,7 @@ import pandas as pd
 
 from eyenet.detection.detector import Detector
 from eyenet.detection.device_scaling import DeviceStats
-from eyenet.detection.features import window_targets
+from eyenet.detection.features import ranked, window_targets
 from eyenet.detection.regime import RegimeState
 from eyenet.telemetry.schema import DEVICE, TIMESTAMP, from_ms, parse_timestamps, to_ms
 
@@ -238,10 +238,7 @@ class StreamScorer:
         n_feat = contrib.shape[1]
         starts = np.flatnonzero(np.r_[True, device_ids[1:] != device_ids[:-1]])  # rows sorted by device
         group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(device_ids)]))
-        row_group = group[rows]
-        groups, first = np.unique(row_group, return_index=True)
-        slot = np.searchsorted(groups, row_group)
-        rank = np.arange(len(rows)) - first[slot]
+        groups, slot, rank = ranked(group[rows])
         states = [self._devices[device_ids[starts[g]]] for g in groups.tolist()]
         # continue the running sums only if the last scored row is in the same segment
         last_ms = np.full(len(starts), -2, np.int64)   # -2: no row of a device not in the call
@@ -250,7 +247,7 @@ class StreamScorer:
         hit_groups, hit_first = np.unique(group[hits], return_index=True)
         prev = np.full(len(groups), -1)
         prev[np.searchsorted(groups, hit_groups)] = hits[hit_first]
-        segment = segments[rows[first]]
+        segment = segments[rows[rank == 0]]
         same = (prev >= 0) & (segments[np.maximum(prev, 0)] == segment) & \
             np.array([s.num is not None for s in states])
         num, den = np.zeros((len(groups), n_feat)), np.zeros((len(groups), n_feat))
